@@ -1,0 +1,62 @@
+"""The ASGI application: REST shim, GraphQL and GraphiQL in one Starlette app."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from gateway import rest
+from gateway.config import Settings
+from gateway.graphql import GraphQLApp
+from gateway.limits import BodySizeLimit
+from gateway.openapi import openapi_document
+from gateway.problems import Problem, handle_http_exception, handle_problem, handle_unexpected
+from gateway.responses import JSONResponse
+from schema import build_schema
+from storage.database import Database
+
+
+def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Starlette:
+    """Build the gateway; the schema is created on start-up if the database lacks it."""
+    settings = settings or Settings.from_env()
+    db = db or Database(settings.database_url)
+    graphql = GraphQLApp(
+        build_schema(
+            max_depth=settings.graphql_max_depth,
+            max_aliases=settings.graphql_max_aliases,
+            max_tokens=settings.graphql_max_tokens,
+        ),
+        db=db,
+        graphiql=settings.graphiql,
+    )
+    document = openapi_document()
+
+    async def openapi(_request: object) -> JSONResponse:
+        return JSONResponse(document)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await db.create_schema()
+        yield
+        await db.dispose()
+
+    app = Starlette(
+        routes=[
+            *rest.routes,
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+        ],
+        middleware=[Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)],
+        exception_handlers={
+            Problem: handle_problem,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.db = db
+    app.state.settings = settings
+    return app

@@ -1,0 +1,42 @@
+"""Settings, read from EVENTS_GATEWAY_* environment variables or given directly."""
+
+import os
+from dataclasses import dataclass
+
+from storage.database import DEFAULT_DATABASE_URL
+
+ENV_PREFIX = "EVENTS_GATEWAY_"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    max_body_bytes: int = 1024 * 1024
+    graphql_max_depth: int = 10
+    graphql_max_aliases: int = 30
+    graphql_max_tokens: int = 2000
+    graphiql: bool = True
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> "Settings":
+        """Environment first, then explicit overrides (CLI flags) that are not None."""
+        values: dict[str, object] = {
+            "database_url": os.environ.get(ENV_PREFIX + "DATABASE_URL") or DEFAULT_DATABASE_URL,
+            "max_body_bytes": _env_int("MAX_BODY_BYTES", cls.max_body_bytes),
+            "graphql_max_depth": _env_int("GRAPHQL_MAX_DEPTH", cls.graphql_max_depth),
+            "graphql_max_aliases": _env_int("GRAPHQL_MAX_ALIASES", cls.graphql_max_aliases),
+            "graphql_max_tokens": _env_int("GRAPHQL_MAX_TOKENS", cls.graphql_max_tokens),
+            "graphiql": os.environ.get(ENV_PREFIX + "GRAPHIQL", "1") not in ("0", "false", "no"),
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,279 @@
+"""The OpenAPI 3.1 document of the REST shim, built from the same constants as its routes."""
+
+from typing import Any
+
+from storage.domain import MAX_ACTOR_LENGTH, EventStatus, EventType
+from storage.events import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+
+ID_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}
+TIME_SCHEMA = {"type": "string", "format": "date-time"}
+
+FILTER_SUMMARIES = {
+    "by_access": "Retrieve Container Events by Access",
+    "by_block": "Retrieve Container Events by Block",
+    "by_create": "Retrieve Container Events by Creation Date",
+    "by_expire": "Retrieve Container Events by Expiration Date",
+    "by_fail": "Retrieve Failed Container Events",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+
+
+ERRORS = {
+    "400": _problem("Invalid input or parameters; `errors` names each offending field."),
+    "401": {
+        **_problem("Missing, unknown or revoked API key."),
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    "404": _problem("Unknown organization or container, or another organization's."),
+}
+
+PATH_PARAMETERS = {
+    name: {"name": name, "in": "path", "required": True, "schema": ID_SCHEMA}
+    for name in ("org_id", "container_id")
+}
+
+LIST_PARAMETERS = [
+    {
+        "name": "limit",
+        "in": "query",
+        "description": "Page size.",
+        "schema": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_PAGE_SIZE,
+            "default": DEFAULT_PAGE_SIZE,
+        },
+    },
+    {
+        "name": "cursor",
+        "in": "query",
+        "description": "Opaque position from a previous `next_cursor`.",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "since",
+        "in": "query",
+        "description": "Only events whose timestamp is at or after this RFC 3339 time.",
+        "schema": TIME_SCHEMA,
+    },
+    {
+        "name": "until",
+        "in": "query",
+        "description": "Only events whose timestamp is before this RFC 3339 time.",
+        "schema": TIME_SCHEMA,
+    },
+    {
+        "name": "order",
+        "in": "query",
+        "description": "`desc` (newest first) or `asc`; case does not matter.",
+        "schema": {"type": "string", "enum": ["desc", "asc", "DESC", "ASC"], "default": "desc"},
+    },
+]
+
+CONTAINER_FILTER = {
+    "name": "container_id",
+    "in": "query",
+    "description": "Only this container's events.",
+    "schema": ID_SCHEMA,
+}
+
+
+def _event_list(summary: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": parameters,
+            "responses": {
+                "200": {
+                    "description": "One page of events.",
+                    "headers": {
+                        "Link": {
+                            "description": 'The next page: `<url>; rel="next"`, when there is one.',
+                            "schema": {"type": "string"},
+                        }
+                    },
+                    "content": {"application/json": {"schema": _ref("EventList")}},
+                },
+                **ERRORS,
+            },
+        }
+    }
+
+
+def _components() -> dict[str, Any]:
+    event_types = [member.value for member in EventType]
+    statuses = [member.value for member in EventStatus]
+    new_event = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["event_type"],
+        "properties": {
+            "event_type": {
+                "type": "string",
+                "description": f"One of {', '.join(event_types)}; case does not matter.",
+                "examples": ["ACCESS"],
+            },
+            "status": {
+                "type": "string",
+                "description": "SUCCESS (the default) or FAILURE; case does not matter.",
+                "examples": ["SUCCESS"],
+            },
+            "timestamp": {
+                **TIME_SCHEMA,
+                "description": "When it happened, with a timezone; now when omitted.",
+            },
+            "actor": {"type": ["string", "null"], "maxLength": MAX_ACTOR_LENGTH},
+            "details": {
+                "type": ["object", "null"],
+                "description": "Free-form JSON object, at most 16 KiB serialised.",
+            },
+        },
+        "example": {
+            "event_type": "ACCESS",
+            "timestamp": "2023-11-18T12:00:00Z",
+            "status": "SUCCESS",
+        },
+    }
+    return {
+        "schemas": {
+            "Event": {
+                "type": "object",
+                "required": [
+                    "id",
+                    "org_id",
+                    "container_id",
+                    "event_type",
+                    "status",
+                    "timestamp",
+                    "received_at",
+                    "actor",
+                    "details",
+                ],
+                "additionalProperties": False,
+                "properties": {
+                    "id": {"type": "integer", "description": "Ever-increasing across the gateway."},
+                    "org_id": ID_SCHEMA,
+                    "container_id": ID_SCHEMA,
+                    "event_type": {"type": "string", "enum": event_types},
+                    "status": {"type": "string", "enum": statuses},
+                    "timestamp": TIME_SCHEMA,
+                    "received_at": TIME_SCHEMA,
+                    "actor": {"type": ["string", "null"]},
+                    "details": {"type": "object"},
+                },
+            },
+            "EventList": {
+                "type": "object",
+                "required": ["events", "next_cursor"],
+                "additionalProperties": False,
+                "properties": {
+                    "events": {"type": "array", "items": _ref("Event")},
+                    "next_cursor": {"type": ["string", "null"]},
+                },
+            },
+            "NewEvent": new_event,
+            "WrappedNewEvent": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["event"],
+                "properties": {"event": _ref("NewEvent")},
+            },
+            "EventLogged": {
+                "type": "object",
+                "required": ["message", "event"],
+                "additionalProperties": False,
+                "properties": {
+                    "message": {"type": "string", "const": "Event logged successfully"},
+                    "event": _ref("Event"),
+                },
+            },
+            "Problem": {
+                "type": "object",
+                "required": ["type", "title", "status", "detail"],
+                "properties": {
+                    "type": {"type": "string"},
+                    "title": {"type": "string"},
+                    "status": {"type": "integer"},
+                    "detail": {"type": "string"},
+                    "errors": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["field", "message"],
+                            "properties": {
+                                "field": {"type": "string"},
+                                "message": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The REST shim as OpenAPI 3.1."""
+    org = PATH_PARAMETERS["org_id"]
+    container = PATH_PARAMETERS["container_id"]
+    paths: dict[str, Any] = {
+        "/orgs/{org_id}/events": _event_list(
+            "Retrieve Events for an Organization", [org, CONTAINER_FILTER, *LIST_PARAMETERS]
+        ),
+    }
+    for path, summary in FILTER_SUMMARIES.items():
+        paths[f"/orgs/{{org_id}}/container_events/{path}"] = _event_list(
+            summary, [org, CONTAINER_FILTER, *LIST_PARAMETERS]
+        )
+    container_path = _event_list("Retrieve Container Events", [org, container, *LIST_PARAMETERS])
+    container_path["post"] = {
+        "summary": "Create a Container Event",
+        "description": "Registers the container on first use. Answers once the event is committed.",
+        "parameters": [org, container],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"oneOf": [_ref("NewEvent"), _ref("WrappedNewEvent")]}
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "Event logged successfully.",
+                "content": {"application/json": {"schema": _ref("EventLogged")}},
+            },
+            **ERRORS,
+            "413": _problem("The request body is over the size limit."),
+        },
+    }
+    paths["/orgs/{org_id}/containers/{container_id}/events"] = container_path
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Events Gateway REST shim",
+            "version": "1.0.0",
+            "description": (
+                "Track and manage events related to containers and organizations, including "
+                "access, creation, expiration, and failure events. Every list answers "
+                '`{"events": [...], "next_cursor": ...}` and pages with cursors.'
+            ),
+        },
+        "security": [{"bearer": []}, {"apiKey": []}],
+        "paths": paths,
+        "components": _components(),
+    }

@@ -1,0 +1,208 @@
+"""The REST shim: the legacy specification's eight routes at their exact paths."""
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from sqlalchemy import Row
+from starlette.datastructures import QueryParams
+from starlette.endpoints import HTTPEndpoint
+from starlette.requests import Request
+from starlette.routing import Route
+
+from gateway.auth import CHALLENGE, Unauthenticated, authenticate
+from gateway.problems import Problem, invalid
+from gateway.responses import JSONResponse
+from storage.database import Database
+from storage.domain import (
+    EventFilter,
+    NewEvent,
+    Order,
+    is_valid_id,
+    parse_timestamp,
+    validation_errors,
+)
+from storage.events import InvalidPage, Page, Window, list_events, log_event
+from storage.orgs import get_container
+
+LIST_PARAMETERS = ("limit", "cursor", "since", "until", "order")
+ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ : -"
+FILTER_PATHS = {f"by_{event_filter.value.lower()}": event_filter for event_filter in EventFilter}
+
+
+def event_json(row: Row) -> dict[str, Any]:
+    """An event as the REST shim shows it."""
+    return {
+        "id": row.id,
+        "org_id": row.org_id,
+        "container_id": row.container_id,
+        "event_type": row.event_type,
+        "status": row.status,
+        "timestamp": row.timestamp,
+        "received_at": row.received_at,
+        "actor": row.actor,
+        "details": row.details if row.details is not None else {},
+    }
+
+
+async def _authorized_org(request: Request) -> tuple[Database, str]:
+    """Authenticate, then resolve the path's org: 404 unless it is the key's own org."""
+    db: Database = request.app.state.db
+    try:
+        key_org_id = await authenticate(db, request.headers)
+    except Unauthenticated as error:
+        raise Problem(401, str(error), headers=CHALLENGE) from None
+    org_id = _checked_id("org_id", request.path_params["org_id"])
+    if org_id != key_org_id:
+        raise Problem(404, f"Organization {org_id!r} not found.")
+    return db, org_id
+
+
+def _checked_id(field: str, value: str) -> str:
+    if not is_valid_id(value):
+        raise invalid(field, ID_RULE)
+    return value
+
+
+def _parse_limit(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 7):
+        raise invalid("limit", "must be an integer between 1 and 1000")
+    return int(raw)
+
+
+def _single_values(query: QueryParams, allowed: tuple[str, ...]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name, value in query.multi_items():
+        if name not in allowed:
+            raise invalid(name, f"is not a known query parameter; use {', '.join(allowed)}")
+        if name in values:
+            raise invalid(name, "must be given at most once")
+        values[name] = value
+    return values
+
+
+def _parse_listing(query: QueryParams, allowed: tuple[str, ...]) -> tuple[Window, Page, str | None]:
+    values = _single_values(query, allowed)
+    times = {}
+    for name in ("since", "until"):
+        if name in values:
+            try:
+                times[name] = parse_timestamp(values[name])
+            except ValueError as error:
+                raise invalid(name, str(error)) from None
+    window = Window(**times)
+    if window.since and window.until and window.since > window.until:
+        raise invalid("until", "must not be earlier than since")
+    try:
+        order = Order(values.get("order", "desc").upper())
+    except ValueError:
+        raise invalid("order", "must be 'desc' or 'asc'") from None
+    try:
+        page = Page.parse(
+            limit=_parse_limit(values.get("limit")), cursor=values.get("cursor"), order=order
+        )
+    except InvalidPage as error:
+        raise invalid(error.part, str(error)) from None
+    return window, page, values.get("container_id")
+
+
+async def _event_list(
+    request: Request,
+    *,
+    allowed: tuple[str, ...],
+    event_filter: EventFilter | None = None,
+    container_id: str | None = None,
+    must_exist: bool = False,
+) -> JSONResponse:
+    db, org_id = await _authorized_org(request)
+    window, page, container_query = _parse_listing(request.query_params, allowed)
+    container_id = container_id or container_query
+    if container_id is not None:
+        _checked_id("container_id", container_id)
+    async with db.session() as session:
+        if must_exist and not await get_container(
+            session, org_id=org_id, container_id=container_id
+        ):
+            raise Problem(404, f"Container {container_id!r} not found.")
+        found = await list_events(
+            session,
+            org_id=org_id,
+            event_filter=event_filter,
+            container_id=container_id,
+            window=window,
+            page=page,
+        )
+    headers = {}
+    if found.next_cursor is not None:
+        next_url = request.url.include_query_params(cursor=found.next_cursor)
+        headers["Link"] = f'<{next_url}>; rel="next"'
+    body = {"events": [event_json(row) for row in found.rows], "next_cursor": found.next_cursor}
+    return JSONResponse(body, headers=headers)
+
+
+async def org_events(request: Request) -> JSONResponse:
+    return await _event_list(request, allowed=(*LIST_PARAMETERS, "container_id"))
+
+
+async def filtered_events(request: Request) -> JSONResponse:
+    event_filter = FILTER_PATHS.get(request.path_params["filter"])
+    if event_filter is None:
+        raise Problem(404, "No resource at this path.")
+    return await _event_list(
+        request, allowed=(*LIST_PARAMETERS, "container_id"), event_filter=event_filter
+    )
+
+
+def _parse_new_event(raw: bytes) -> NewEvent:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise invalid("body", "must be valid JSON") from None
+    if not isinstance(body, dict):
+        raise invalid("body", 'must be a JSON object: the event, bare or as {"event": {...}}')
+    prefix = ""
+    if set(body) == {"event"}:
+        body, prefix = body["event"], "event."
+        if not isinstance(body, dict):
+            raise invalid("event", "must be a JSON object")
+    try:
+        return NewEvent.model_validate(body)
+    except ValidationError as error:
+        errors = [
+            {"field": prefix + item["field"], "message": item["message"]}
+            for item in validation_errors(error)
+        ]
+        detail = "; ".join(f"{item['field']}: {item['message']}" for item in errors)
+        raise Problem(400, detail, errors=errors) from None
+
+
+class ContainerEvents(HTTPEndpoint):
+    """GET lists one container's events; POST logs a new one."""
+
+    async def get(self, request: Request) -> JSONResponse:
+        return await _event_list(
+            request,
+            allowed=LIST_PARAMETERS,
+            container_id=request.path_params["container_id"],
+            must_exist=True,
+        )
+
+    async def post(self, request: Request) -> JSONResponse:
+        db, org_id = await _authorized_org(request)
+        container_id = _checked_id("container_id", request.path_params["container_id"])
+        _single_values(request.query_params, ())
+        new_event = _parse_new_event(await request.body())
+        async with db.session() as session:
+            row = await log_event(
+                session, org_id=org_id, container_id=container_id, new_event=new_event
+            )
+        return JSONResponse({"message": "Event logged successfully", "event": event_json(row)})
+
+
+routes = [
+    Route("/orgs/{org_id}/events", org_events, methods=["GET"]),
+    Route("/orgs/{org_id}/container_events/{filter}", filtered_events, methods=["GET"]),
+    Route("/orgs/{org_id}/containers/{container_id}/events", ContainerEvents),
+]

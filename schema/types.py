@@ -1,0 +1,269 @@
+"""The object types: Organization, Container, Event and their Relay connections."""
+
+from datetime import datetime
+from typing import Annotated
+
+import strawberry
+from sqlalchemy import Row
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from schema.context import Context
+from schema.enums import EventFilter, EventStatus, EventType, Order
+from schema.errors import BadUserInput, NotFound
+from storage import domain
+from storage.cursors import InvalidCursor, decode_container_cursor
+from storage.events import MAX_PAGE_SIZE, InvalidPage, Page, Window, list_events
+from storage.orgs import get_container, list_containers
+
+PAGE_ARGUMENT = {"limit": "first", "cursor": "after"}
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    has_previous_page: bool
+    start_cursor: str | None
+    end_cursor: str | None
+
+
+def _page_info(cursors: list[str], next_cursor: str | None, after: str | None) -> PageInfo:
+    return PageInfo(
+        has_next_page=next_cursor is not None,
+        has_previous_page=after is not None,
+        start_cursor=cursors[0] if cursors else None,
+        end_cursor=cursors[-1] if cursors else after,
+    )
+
+
+def _window(since: datetime | None, until: datetime | None) -> Window:
+    times = {}
+    for name, value in (("since", since), ("until", until)):
+        if value is not None:
+            try:
+                times[name] = domain.parse_timestamp(value)
+            except ValueError as error:
+                raise BadUserInput(f"{name} {error}", field=name) from None
+    window = Window(**times)
+    if window.since and window.until and window.since > window.until:
+        raise BadUserInput("until must not be earlier than since", field="until")
+    return window
+
+
+def _page(first: int | None, after: str | None, order: domain.Order) -> Page:
+    try:
+        return Page.parse(limit=first, cursor=after, order=order)
+    except InvalidPage as error:
+        argument = PAGE_ARGUMENT[error.part]
+        raise BadUserInput(f"{argument} {error}", field=argument) from None
+
+
+@strawberry.type
+class Event:
+    id: strawberry.ID
+    container_id: strawberry.ID
+    event_type: EventType
+    status: EventStatus
+    timestamp: datetime
+    received_at: datetime
+    actor: str | None
+    details: JSON
+    org_id: strawberry.Private[str]
+
+    @classmethod
+    def from_row(cls, row: Row) -> "Event":
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            container_id=strawberry.ID(row.container_id),
+            event_type=domain.EventType(row.event_type),
+            status=domain.EventStatus(row.status),
+            timestamp=row.timestamp,
+            received_at=row.received_at,
+            actor=row.actor,
+            details=row.details if row.details is not None else {},
+            org_id=row.org_id,
+        )
+
+    @strawberry.field(description="Loaded in one batch for a whole page of events.")
+    async def container(self, info: Info[Context, None]) -> "Container":
+        row = await info.context.containers.load((self.org_id, self.container_id))
+        return Container.from_row(row)
+
+
+@strawberry.type
+class EventEdge:
+    cursor: str
+    node: Event
+
+
+@strawberry.type
+class EventConnection:
+    edges: list[EventEdge]
+    page_info: PageInfo
+
+    @strawberry.field(description="The events of this page, without their cursors.")
+    def nodes(self) -> list[Event]:
+        return [edge.node for edge in self.edges]
+
+
+async def resolve_events(
+    info: Info[Context, None],
+    *,
+    org_id: str,
+    container_id: str | None,
+    event_filter: domain.EventFilter | None,
+    since: datetime | None,
+    until: datetime | None,
+    order: domain.Order,
+    first: int | None,
+    after: str | None,
+) -> EventConnection:
+    """One Relay page of events; shared by Organization.events and Container.events."""
+    window = _window(since, until)
+    page = _page(first, after, order)
+    if container_id is not None and not domain.is_valid_id(container_id):
+        raise BadUserInput("containerId is not a valid container id", field="containerId")
+    async with info.context.db.session() as session:
+        found = await list_events(
+            session,
+            org_id=org_id,
+            event_filter=event_filter,
+            container_id=container_id,
+            window=window,
+            page=page,
+        )
+    edges = [
+        EventEdge(cursor=cursor, node=Event.from_row(row))
+        for cursor, row in zip(found.cursors, found.rows, strict=True)
+    ]
+    return EventConnection(
+        edges=edges, page_info=_page_info(found.cursors, found.next_cursor, after)
+    )
+
+
+FIRST_DESCRIPTION = f"Page size, 1 to {MAX_PAGE_SIZE}; 100 when omitted."
+
+
+@strawberry.type
+class Container:
+    id: strawberry.ID
+    created_at: datetime
+    last_event_at: datetime | None
+    org_id: strawberry.Private[str]
+
+    @classmethod
+    def from_row(cls, row: Row) -> "Container":
+        return cls(
+            id=strawberry.ID(row.id),
+            created_at=row.created_at,
+            last_event_at=row.last_event_at,
+            org_id=row.org_id,
+        )
+
+    @strawberry.field(description="This container's events, newest first by default.")
+    async def events(
+        self,
+        info: Info[Context, None],
+        filter: EventFilter | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        order: Order | None = domain.Order.DESC,
+        first: Annotated[int | None, strawberry.argument(description=FIRST_DESCRIPTION)] = None,
+        after: str | None = None,
+    ) -> EventConnection:
+        return await resolve_events(
+            info,
+            org_id=self.org_id,
+            container_id=self.id,
+            event_filter=filter,
+            since=since,
+            until=until,
+            order=order or domain.Order.DESC,
+            first=first,
+            after=after,
+        )
+
+
+@strawberry.type
+class ContainerEdge:
+    cursor: str
+    node: Container
+
+
+@strawberry.type
+class ContainerConnection:
+    edges: list[ContainerEdge]
+    page_info: PageInfo
+
+    @strawberry.field(description="The containers of this page, without their cursors.")
+    def nodes(self) -> list[Container]:
+        return [edge.node for edge in self.edges]
+
+
+@strawberry.type
+class Organization:
+    id: strawberry.ID
+    name: str
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row) -> "Organization":
+        return cls(id=strawberry.ID(row.id), name=row.name, created_at=row.created_at)
+
+    @strawberry.field(description="The org's events, newest first by default.")
+    async def events(
+        self,
+        info: Info[Context, None],
+        filter: EventFilter | None = None,
+        container_id: strawberry.ID | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        order: Order | None = domain.Order.DESC,
+        first: Annotated[int | None, strawberry.argument(description=FIRST_DESCRIPTION)] = None,
+        after: str | None = None,
+    ) -> EventConnection:
+        return await resolve_events(
+            info,
+            org_id=self.id,
+            container_id=container_id,
+            event_filter=filter,
+            since=since,
+            until=until,
+            order=order or domain.Order.DESC,
+            first=first,
+            after=after,
+        )
+
+    @strawberry.field(description="One container of this org.")
+    async def container(self, info: Info[Context, None], id: strawberry.ID) -> Container | None:
+        row = None
+        if domain.is_valid_id(id):
+            async with info.context.db.session() as session:
+                row = await get_container(session, org_id=self.id, container_id=id)
+        if row is None:
+            raise NotFound(f"Container {id!r} not found.")
+        return Container.from_row(row)
+
+    @strawberry.field(description="The org's containers in id order.")
+    async def containers(
+        self,
+        info: Info[Context, None],
+        first: Annotated[int | None, strawberry.argument(description=FIRST_DESCRIPTION)] = None,
+        after: str | None = None,
+    ) -> ContainerConnection:
+        limit = 100 if first is None else first
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise BadUserInput(f"first must be between 1 and {MAX_PAGE_SIZE}", field="first")
+        try:
+            after_id = None if after is None else decode_container_cursor(after)
+        except InvalidCursor as error:
+            raise BadUserInput(f"after {error}", field="after") from None
+        async with info.context.db.session() as session:
+            found = await list_containers(session, org_id=self.id, limit=limit, after_id=after_id)
+        edges = [
+            ContainerEdge(cursor=cursor, node=Container.from_row(row))
+            for cursor, row in zip(found.cursors, found.rows, strict=True)
+        ]
+        return ContainerConnection(
+            edges=edges, page_info=_page_info(found.cursors, found.next_cursor, after)
+        )

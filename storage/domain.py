@@ -1,0 +1,123 @@
+"""The event model's vocabulary and input rules, shared by REST, GraphQL and the CLI."""
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_ACTOR_LENGTH = 256
+MAX_DETAILS_BYTES = 16 * 1024
+
+
+class EventType(StrEnum):
+    ACCESS = "ACCESS"
+    BLOCK = "BLOCK"
+    CREATE = "CREATE"
+    EXPIRE = "EXPIRE"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+
+
+class EventStatus(StrEnum):
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+
+
+class EventFilter(StrEnum):
+    """The five read filters of the legacy specification."""
+
+    ACCESS = "ACCESS"
+    BLOCK = "BLOCK"
+    CREATE = "CREATE"
+    EXPIRE = "EXPIRE"
+    FAIL = "FAIL"
+
+
+class Order(StrEnum):
+    DESC = "DESC"
+    ASC = "ASC"
+
+
+def is_valid_id(value: object) -> bool:
+    """True for an organization or container id: 1-128 of [A-Za-z0-9._:-]."""
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+def parse_timestamp(value: object) -> datetime:
+    """Parse an RFC 3339 time that names its timezone; the result is in UTC."""
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be an RFC 3339 date-time such as 2023-11-18T12:00:00Z") from None
+    else:
+        raise ValueError("must be an RFC 3339 date-time string")
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise ValueError("must include a timezone, for example 2023-11-18T12:00:00Z")
+    return parsed.astimezone(UTC)
+
+
+def _upper_enum_name(value: object) -> object:
+    # Legacy clients send "access" as often as "ACCESS"; enum names are matched without case.
+    return value.upper() if isinstance(value, str) else value
+
+
+class NewEvent(BaseModel):
+    """An event as a client submits it, validated; defaults filled in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_type: EventType
+    status: EventStatus = EventStatus.SUCCESS
+    timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    actor: str | None = Field(default=None, max_length=MAX_ACTOR_LENGTH)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("event_type", "status", mode="before")
+    @classmethod
+    def _enum_without_case(cls, value: object) -> object:
+        return _upper_enum_name(value)
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _aware_timestamp(cls, value: object) -> datetime:
+        return parse_timestamp(value)
+
+    @field_validator("actor", mode="before")
+    @classmethod
+    def _actor_is_text(cls, value: object) -> object:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be a string")
+        return value
+
+    @field_validator("details", mode="before")
+    @classmethod
+    def _details_default(cls, value: object) -> object:
+        return {} if value is None else value
+
+    @field_validator("details")
+    @classmethod
+    def _details_fit(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(orjson.dumps(value)) > MAX_DETAILS_BYTES:
+            raise ValueError(f"must serialise to at most {MAX_DETAILS_BYTES} bytes of JSON")
+        return value
+
+
+def validation_errors(error: ValidationError) -> list[dict[str, str]]:
+    """Turn a pydantic ValidationError into [{"field", "message"}] for clients."""
+    found = []
+    for item in error.errors(include_url=False):
+        field = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "is not a known field"
+        elif item["type"] == "enum":
+            message = f"must be one of {item['ctx']['expected']}"
+        found.append({"field": field, "message": message})
+    return found

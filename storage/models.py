@@ -1,0 +1,94 @@
+"""SQLModel tables: organizations, their containers, events and API keys."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every dialect (SQLite keeps naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# SQLite only makes INTEGER PRIMARY KEY the rowid (with AUTOINCREMENT: never reused).
+EventId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Organization(SQLModel, table=True):
+    __tablename__ = "organizations"
+
+    id: str = Field(primary_key=True, max_length=128)
+    name: str
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Container(SQLModel, table=True):
+    __tablename__ = "containers"
+
+    org_id: str = Field(primary_key=True, foreign_key="organizations.id", max_length=128)
+    id: str = Field(primary_key=True, max_length=128)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    last_event_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "events"
+    __table_args__ = (
+        ForeignKeyConstraint(["org_id", "container_id"], ["containers.org_id", "containers.id"]),
+        # One index per read path, each ending in id so pages are keyset range scans.
+        Index("ix_events_org", "org_id", "id"),
+        Index("ix_events_org_type", "org_id", "event_type", "id"),
+        Index("ix_events_org_status", "org_id", "status", "id"),
+        Index("ix_events_org_container", "org_id", "container_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(EventId, primary_key=True))
+    org_id: str = Field(max_length=128)
+    container_id: str = Field(max_length=128)
+    event_type: str = Field(max_length=16)
+    status: str = Field(max_length=16)
+    timestamp: datetime = Field(sa_type=UTCDateTime)
+    received_at: datetime = Field(sa_type=UTCDateTime)
+    actor: str | None = Field(default=None, max_length=256)
+    details: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=32)
+    org_id: str = Field(foreign_key="organizations.id", index=True, max_length=128)
+    key_hash: str = Field(unique=True, max_length=64)
+    prefix: str = Field(max_length=16)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
