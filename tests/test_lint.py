@@ -1,0 +1,31 @@
+"""The code style is checked with the suite, so CI holds every change to it."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ruff() -> list[str]:
+    found = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if found is None:
+        pytest.skip("ruff is not installed: pip install -e '.[test]'")
+    return [found]
+
+
+def test_ruff_finds_no_lint_errors() -> None:
+    result = subprocess.run(
+        [*_ruff(), "check", "."], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_code_is_ruff_formatted() -> None:
+    result = subprocess.run(
+        [*_ruff(), "format", "--check", "."], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

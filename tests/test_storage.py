@@ -1,0 +1,123 @@
+"""Storage behaviour both REST and GraphQL rely on."""
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.exc import IntegrityError
+
+from storage.database import Database, normalize_url
+from storage.domain import EventFilter, Order
+from storage.events import Page, Window, list_events
+from storage.keys import create_key, org_for_key, revoke_key
+from storage.models import ApiKey
+from storage.orgs import get_container
+from tests.factories import count_events, make_events, make_org, new_event
+
+
+async def test_event_ids_grow_with_every_write(db: Database) -> None:
+    await make_org(db, "acme")
+    first = await make_events(db, "acme", [("c1", {}), ("c2", {})])
+    second = await make_events(db, "acme", [("c1", {})])
+    ids = [row.id for row in [*first, *second]]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+
+
+async def test_a_batch_that_fails_stores_nothing(db: Database) -> None:
+    await make_org(db, "acme")
+    with pytest.raises(IntegrityError):
+        # The org does not exist: the foreign key fails the whole transaction.
+        await make_events(db, "ghost", [("c1", {}), ("c2", {})])
+    assert await count_events(db) == 0
+
+
+async def test_timestamps_are_stored_in_utc_whatever_offset_was_given(db: Database) -> None:
+    await make_org(db, "acme")
+    plus_two = datetime(2023, 11, 18, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    await make_events(db, "acme", [("c1", {"timestamp": plus_two})])
+    async with db.session() as session:
+        [row] = (await list_events(session, org_id="acme")).rows
+    assert row.timestamp == datetime(2023, 11, 18, 12, 0, tzinfo=UTC)
+    assert row.timestamp.tzinfo is not None and row.received_at.tzinfo is not None
+
+
+async def test_container_is_registered_once_and_keeps_its_latest_event_time(db: Database) -> None:
+    await make_org(db, "acme")
+    late = datetime(2024, 1, 1, tzinfo=UTC)
+    early = datetime(2023, 1, 1, tzinfo=UTC)
+    await make_events(db, "acme", [("c1", {"timestamp": late})])
+    await make_events(db, "acme", [("c1", {"timestamp": early})])
+    async with db.session() as session:
+        container = await get_container(session, org_id="acme", container_id="c1")
+    assert container is not None and container.last_event_at == late
+
+
+async def test_window_is_inclusive_since_and_exclusive_until(db: Database) -> None:
+    await make_org(db, "acme")
+    rows = await make_events(db, "acme", [("c1", {}) for _ in range(5)])
+    window = Window(since=rows[1].timestamp, until=rows[3].timestamp)
+    async with db.session() as session:
+        found = await list_events(
+            session, org_id="acme", window=window, page=Page(order=Order.ASC)
+        )
+    assert [row.id for row in found.rows] == [rows[1].id, rows[2].id]
+
+
+async def test_api_keys_are_stored_only_as_hashes_and_stop_working_when_revoked(
+    db: Database,
+) -> None:
+    await make_org(db, "acme")
+    async with db.session() as session:
+        key, secret = await create_key(session, org_id="acme")
+        stored = (await session.execute(select(ApiKey.__table__))).all()
+        assert all(secret not in row.key_hash and secret != row.prefix for row in stored)
+        assert await org_for_key(session, secret=secret) == "acme"
+        assert await revoke_key(session, key_id=key.id)
+        assert await org_for_key(session, secret=secret) is None
+        assert not await revoke_key(session, key_id=key.id)
+
+
+def test_plain_urls_get_the_async_driver() -> None:
+    assert normalize_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+    assert normalize_url("postgresql://u@h/d") == "postgresql+asyncpg://u@h/d"
+    with pytest.raises(ValueError, match="unsupported"):
+        normalize_url("mysql://u@h/d")
+
+
+READ_PATHS = {
+    "org": {},
+    "filter": {"event_filter": EventFilter.BLOCK},
+    "fail": {"event_filter": EventFilter.FAIL},
+    "container": {"container_id": "c1"},
+    "container_and_filter": {"container_id": "c1", "event_filter": EventFilter.ACCESS},
+}
+
+
+@pytest.mark.parametrize("order", list(Order))
+@pytest.mark.parametrize("path", READ_PATHS)
+async def test_every_read_path_is_an_index_range_scan_without_sorting(
+    tmp_path, path: str, order: Order
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'plan.db'}")
+    await db.create_schema()
+    await make_org(db, "acme")
+    await make_events(db, "acme", [("c1", {}), ("c2", {"status": "FAILURE"})])
+    sent: list[tuple[str, tuple]] = []
+
+    def remember(_conn, _cursor, statement, parameters, _context, _many) -> None:  # noqa: ANN001
+        sent.append((statement, parameters))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", remember)
+    async with db.session() as session:
+        page = Page(limit=10, after_id=2, order=order)
+        await list_events(session, org_id="acme", page=page, **READ_PATHS[path])
+    event.remove(db.engine.sync_engine, "before_cursor_execute", remember)
+    statement, parameters = sent[-1]
+    async with db.engine.connect() as connection:
+        plan = (
+            await connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+        ).all()
+    await db.dispose()
+    details = " | ".join(row[-1] for row in plan)
+    assert "USING INDEX ix_events_org" in details or "USING COVERING INDEX" in details, details
+    assert "TEMP B-TREE" not in details, details
