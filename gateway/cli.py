@@ -4,18 +4,22 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 import uvicorn
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from gateway.app import create_app
 from gateway.config import Settings
-from storage.database import Database
+from gateway.demo import run_demo
+from storage.database import Database, normalize_url
 from storage.domain import is_valid_id
 from storage.keys import create_key, list_keys, revoke_key
 from storage.orgs import OrganizationExists, create_org, get_org
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(1)
 
@@ -29,26 +33,34 @@ async def _with_database(settings: Settings, work: Callable[[Database], Awaitabl
         await db.dispose()
 
 
+async def _reachable(_db: Database) -> None:
+    """Nothing more to do: connecting and creating the schema is the check."""
+
+
 def serve(settings: Settings, *, host: str, port: int) -> None:
     """Run REST, GraphQL and GraphiQL on one uvicorn server."""
-    uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True)
+    # Reach the database first, so a wrong URL is one line here, not a traceback from the
+    # server's start-up.
+    asyncio.run(_with_database(settings, _reachable))
+    uvicorn.run(create_app(settings), host=host, port=port)
 
 
 async def orgs_create(db: Database, org_id: str, name: str | None) -> None:
+    """Create an org and its first key; the key alone goes to stdout."""
     if not is_valid_id(org_id):
         _fail("ORG_ID must be 1-128 characters of A-Z a-z 0-9 . _ : -")
     async with db.session() as session:
         try:
-            await create_org(session, org_id=org_id, name=name)
+            key, secret = await create_org(session, org_id=org_id, name=name)
         except OrganizationExists:
             _fail(f"organization {org_id!r} already exists; use `keys create` for another key")
-        key, secret = await create_key(session, org_id=org_id)
     print(f"created organization {org_id!r} and key {key.id}", file=sys.stderr)
     print("the key is shown only this once:", file=sys.stderr)
     print(secret)
 
 
 async def keys_create(db: Database, org_id: str) -> None:
+    """Create another key for an org; the key alone goes to stdout."""
     async with db.session() as session:
         if await get_org(session, org_id=org_id) is None:
             _fail(f"no organization {org_id!r}")
@@ -58,21 +70,31 @@ async def keys_create(db: Database, org_id: str) -> None:
 
 
 async def keys_list(db: Database, org_id: str) -> None:
+    """Print an org's keys: id, prefix, creation and revocation times, never a secret."""
     async with db.session() as session:
         if await get_org(session, org_id=org_id) is None:
             _fail(f"no organization {org_id!r}")
         keys = await list_keys(session, org_id=org_id)
-    print(f"{'KEY_ID':<22} {'PREFIX':<12} {'CREATED':<26} REVOKED")
+    # The prefix is all that identifies a secret here; the secret itself is never stored.
+    print(f"{'KEY_ID':<22} {'PREFIX':<14} {'CREATED':<26} REVOKED")
     for key in keys:
-        revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
-        print(f"{key.id:<22} {key.prefix + '…':<12} {key.created_at.isoformat():<26} {revoked}")
+        created = key.created_at.isoformat(timespec="seconds")
+        revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "-"
+        print(f"{key.id:<22} {key.prefix + '...':<14} {created:<26} {revoked}")
 
 
 async def keys_revoke(db: Database, key_id: str) -> None:
+    """Revoke a key; requests with it get 401 from then on."""
     async with db.session() as session:
         if not await revoke_key(session, key_id=key_id):
             _fail(f"no active key {key_id!r}")
     print(f"revoked {key_id}", file=sys.stderr)
+
+
+def _event_count(raw: str) -> int:
+    if not raw.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number of events, not {raw!r}")
+    return int(raw)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     demo_parser = commands.add_parser("demo", help="fill a demo org with events and serve it")
     demo_parser.add_argument("--host", default="127.0.0.1")
     demo_parser.add_argument("--port", type=int, default=8000)
-    demo_parser.add_argument("--events", type=int, default=5000)
+    demo_parser.add_argument("--events", type=_event_count, default=5000, help="default 5000")
 
     orgs = commands.add_parser("orgs", help="manage organizations").add_subparsers(
         dest="action", required=True
@@ -122,20 +144,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(args: argparse.Namespace, settings: Settings) -> None:
+    match args.command, getattr(args, "action", None):
+        case "serve", _:
+            serve(settings, host=args.host, port=args.port)
+        case "demo", _:
+            run_demo(settings, host=args.host, port=args.port, event_count=args.events)
+        case "orgs", "create":
+            asyncio.run(
+                _with_database(settings, lambda db: orgs_create(db, args.org_id, args.name))
+            )
+        case "keys", "create":
+            asyncio.run(_with_database(settings, lambda db: keys_create(db, args.org_id)))
+        case "keys", "list":
+            asyncio.run(_with_database(settings, lambda db: keys_list(db, args.org_id)))
+        case "keys", "revoke":
+            asyncio.run(_with_database(settings, lambda db: keys_revoke(db, args.key_id)))
+
+
+def _first_line(error: Exception) -> str:
+    # SQLAlchemy wraps the driver's error and appends the SQL and a link: keep the driver's words.
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `events-gateway` console script."""
     args = _parser().parse_args(argv)
     settings = Settings.from_env(database_url=args.database_url)
-    if args.command == "serve":
-        serve(settings, host=args.host, port=args.port)
-    elif args.command == "demo":
-        from gateway.demo import run_demo
-
-        run_demo(settings, host=args.host, port=args.port, event_count=args.events)
-    elif args.command == "orgs":
-        asyncio.run(_with_database(settings, lambda db: orgs_create(db, args.org_id, args.name)))
-    elif args.action == "create":
-        asyncio.run(_with_database(settings, lambda db: keys_create(db, args.org_id)))
-    elif args.action == "list":
-        asyncio.run(_with_database(settings, lambda db: keys_list(db, args.org_id)))
-    else:
-        asyncio.run(_with_database(settings, lambda db: keys_revoke(db, args.key_id)))
+    try:
+        shown_url = make_url(normalize_url(settings.database_url)).render_as_string()
+    except (ValueError, ArgumentError) as error:
+        _fail(f"bad database URL: {_first_line(error)}")
+    try:
+        _run(args, settings)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except (SQLAlchemyError, OSError) as error:
+        _fail(f"database {shown_url}: {_first_line(error)}")

@@ -60,7 +60,11 @@ def parse_timestamp(value: object) -> datetime:
         raise ValueError("must be an RFC 3339 date-time string")
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ValueError("must include a timezone, for example 2023-11-18T12:00:00Z")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        # 9999-12-31T23:59-01:00 is valid text but has no UTC datetime: bad input, not a fault.
+        raise ValueError("must fall between years 1 and 9999 in UTC") from None
 
 
 def _upper_enum_name(value: object) -> object:
@@ -94,6 +98,9 @@ class NewEvent(BaseModel):
     def _actor_is_text(cls, value: object) -> object:
         if value is not None and not isinstance(value, str):
             raise ValueError("must be a string")
+        # PostgreSQL text cannot hold NUL; refusing it everywhere keeps the backends alike.
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
         return value
 
     @field_validator("details", mode="before")

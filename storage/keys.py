@@ -19,8 +19,8 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-async def create_key(session: AsyncSession, *, org_id: str) -> tuple[Row, str]:
-    """Create a key for an org and commit; returns the stored row and the secret (once)."""
+async def add_key(session: AsyncSession, *, org_id: str) -> tuple[Row, str]:
+    """Add a key to the session's transaction; returns the stored row and the secret (once)."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     row = (
         await session.execute(
@@ -35,6 +35,12 @@ async def create_key(session: AsyncSession, *, org_id: str) -> tuple[Row, str]:
             .returning(*api_keys.c)
         )
     ).one()
+    return row, secret
+
+
+async def create_key(session: AsyncSession, *, org_id: str) -> tuple[Row, str]:
+    """Create a key for an org and commit; returns the stored row and the secret (once)."""
+    row, secret = await add_key(session, org_id=org_id)
     await session.commit()
     return row, secret
 

@@ -8,6 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.cursors import encode_container_cursor
+from storage.keys import add_key
 from storage.models import Container, Organization, utcnow
 
 organizations = Organization.__table__
@@ -18,16 +19,22 @@ class OrganizationExists(Exception):
     """An organization with that id is already registered."""
 
 
-async def create_org(session: AsyncSession, *, org_id: str, name: str | None = None) -> Row:
-    """Register an organization (name defaults to its id) and commit."""
+async def create_org(
+    session: AsyncSession, *, org_id: str, name: str | None = None
+) -> tuple[Row, str]:
+    """Register an organization (name defaults to its id) with its first API key, atomically.
+
+    Returns the key's row and its secret, which is never stored and cannot be shown again.
+    """
     statement = organizations.insert().values(id=org_id, name=name or org_id, created_at=utcnow())
     try:
-        row = (await session.execute(statement.returning(*organizations.c))).one()
+        await session.execute(statement)
+        key, secret = await add_key(session, org_id=org_id)
         await session.commit()
     except IntegrityError:
         await session.rollback()
         raise OrganizationExists(org_id) from None
-    return row
+    return key, secret
 
 
 async def get_org(session: AsyncSession, *, org_id: str) -> Row | None:

@@ -8,7 +8,6 @@ from sqlalchemy import Row, func, select
 from storage.database import Database
 from storage.domain import NewEvent
 from storage.events import log_events
-from storage.keys import create_key
 from storage.models import Event
 from storage.orgs import create_org
 
@@ -18,8 +17,7 @@ BASE_TIME = datetime(2023, 11, 18, 12, 0, tzinfo=UTC)
 async def make_org(db: Database, org_id: str, name: str | None = None) -> str:
     """Create an org; returns its first API key."""
     async with db.session() as session:
-        await create_org(session, org_id=org_id, name=name)
-        _key, secret = await create_key(session, org_id=org_id)
+        _key, secret = await create_org(session, org_id=org_id, name=name)
     return secret
 
 

@@ -57,9 +57,7 @@ async def test_window_is_inclusive_since_and_exclusive_until(db: Database) -> No
     rows = await make_events(db, "acme", [("c1", {}) for _ in range(5)])
     window = Window(since=rows[1].timestamp, until=rows[3].timestamp)
     async with db.session() as session:
-        found = await list_events(
-            session, org_id="acme", window=window, page=Page(order=Order.ASC)
-        )
+        found = await list_events(session, org_id="acme", window=window, page=Page(order=Order.ASC))
     assert [row.id for row in found.rows] == [rows[1].id, rows[2].id]
 
 
