@@ -10,10 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.cursors import InvalidCursor, decode_event_cursor, encode_event_cursor
 from storage.domain import EventFilter, EventStatus, NewEvent, Order
-from storage.models import Container, Event, utcnow
-
-events = Event.__table__
-containers = Container.__table__
+from storage.models import containers, events, utcnow
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -123,12 +120,12 @@ def _upsert_container(dialect: str, *, org_id: str, container_id: str, at: datet
 
 async def log_events(
     session: AsyncSession, *, org_id: str, items: Sequence[tuple[str, NewEvent]]
-) -> list[Row]:
+) -> Sequence[Row]:
     """Store (container_id, event) pairs in one transaction, registering new containers.
 
     Returns the stored rows in input order, after the commit.
     """
-    dialect = session.bind.dialect.name
+    dialect = session.get_bind().dialect.name
     latest: dict[str, datetime] = {}
     for container_id, new_event in items:
         seen = latest.get(container_id)

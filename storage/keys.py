@@ -7,9 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import ApiKey, utcnow
-
-api_keys = ApiKey.__table__
+from storage.models import api_keys, utcnow
 
 KEY_PREFIX = "egw_"
 
@@ -58,7 +56,7 @@ async def revoke_key(session: AsyncSession, *, key_id: str) -> bool:
         .values(revoked_at=utcnow())
     )
     await session.commit()
-    return result.rowcount == 1
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 async def org_for_key(session: AsyncSession, *, secret: str) -> str | None:

@@ -11,6 +11,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    Table,
     TypeDecorator,
 )
 from sqlalchemy.engine import Dialect
@@ -92,3 +93,10 @@ class ApiKey(SQLModel, table=True):
     prefix: str = Field(max_length=16)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+# Core handles on the same tables: reads and writes use rows, not ORM instances.
+organizations: Table = Organization.__table__  # type: ignore[attr-defined]
+containers: Table = Container.__table__  # type: ignore[attr-defined]
+events: Table = Event.__table__  # type: ignore[attr-defined]
+api_keys: Table = ApiKey.__table__  # type: ignore[attr-defined]

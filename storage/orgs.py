@@ -9,10 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.cursors import encode_container_cursor
 from storage.keys import add_key
-from storage.models import Container, Organization, utcnow
-
-organizations = Organization.__table__
-containers = Container.__table__
+from storage.models import containers, organizations, utcnow
 
 
 class OrganizationExists(Exception):

@@ -10,9 +10,9 @@ from storage.database import Database, normalize_url
 from storage.domain import EventFilter, Order
 from storage.events import Page, Window, list_events
 from storage.keys import create_key, org_for_key, revoke_key
-from storage.models import ApiKey
+from storage.models import api_keys
 from storage.orgs import get_container
-from tests.factories import count_events, make_events, make_org, new_event
+from tests.factories import count_events, make_events, make_org
 
 
 async def test_event_ids_grow_with_every_write(db: Database) -> None:
@@ -67,7 +67,7 @@ async def test_api_keys_are_stored_only_as_hashes_and_stop_working_when_revoked(
     await make_org(db, "acme")
     async with db.session() as session:
         key, secret = await create_key(session, org_id="acme")
-        stored = (await session.execute(select(ApiKey.__table__))).all()
+        stored = (await session.execute(select(api_keys))).all()
         assert all(secret not in row.key_hash and secret != row.prefix for row in stored)
         assert await org_for_key(session, secret=secret) == "acme"
         assert await revoke_key(session, key_id=key.id)
