@@ -41,7 +41,12 @@ class ErrorCodes(SchemaExtension):
     """
 
     def on_operation(self) -> Iterator[None]:
-        yield
+        try:
+            yield
+        except GraphQLError as error:
+            # ParserCache parses outside Strawberry's own error handling, so a syntax error
+            # escapes the operation instead of becoming its result: code it on its way out.
+            raise self._coded(error) from None
         result = self.execution_context.result
         if isinstance(result, ExecutionResult | GraphQLExecutionResult) and result.errors:
             result.errors = [self._coded(error) for error in result.errors]

@@ -67,7 +67,7 @@ class Event:
     timestamp: datetime
     received_at: datetime
     actor: str | None
-    details: JSON
+    details: JSON | None
     org_id: strawberry.Private[str]
 
     @classmethod
