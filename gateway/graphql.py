@@ -63,5 +63,5 @@ class GraphQLApp(GraphQL[Context, None]):
         # GraphiQL's page is served without a key; it resolves nothing, so no org is needed.
         return Context(db=self.db, org_id=getattr(request.state, "org_id", None))
 
-    def encode_json(self, data: object) -> bytes:  # type: ignore[override]
+    def encode_json(self, data: object) -> bytes:
         return dumps(data)

@@ -1,13 +1,16 @@
-"""GraphQL enums: the storage vocabulary exposed as is, so it is defined once."""
+"""GraphQL enums: the storage vocabulary registered with Strawberry, so it is defined once."""
 
 import strawberry
 
-from storage import domain
+from storage.domain import EventFilter, EventStatus, EventType, Order
 
-EventType = strawberry.enum(domain.EventType, description="What happened to the container.")
-EventStatus = strawberry.enum(domain.EventStatus, description="Whether it succeeded.")
-EventFilter = strawberry.enum(
-    domain.EventFilter,
+# strawberry.enum marks the classes in place; the names below are the storage enums themselves.
+strawberry.enum(EventType, description="What happened to the container.")
+strawberry.enum(EventStatus, description="Whether it succeeded.")
+strawberry.enum(
+    EventFilter,
     description="The legacy specification's five read filters; FAIL is any FAILURE event.",
 )
-Order = strawberry.enum(domain.Order, description="DESC: newest first. ASC: oldest first.")
+strawberry.enum(Order, description="DESC: newest first. ASC: oldest first.")
+
+__all__ = ["EventFilter", "EventStatus", "EventType", "Order"]

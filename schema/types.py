@@ -1,7 +1,7 @@
 """The object types: Organization, Container, Event and their Relay connections."""
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, cast
 
 import strawberry
 from sqlalchemy import Row
@@ -80,13 +80,15 @@ class Event:
             timestamp=row.timestamp,
             received_at=row.received_at,
             actor=row.actor,
-            details=row.details if row.details is not None else {},
+            details=cast(JSON, row.details if row.details is not None else {}),
             org_id=row.org_id,
         )
 
     @strawberry.field(description="Loaded in one batch for a whole page of events.")
     async def container(self, info: Info[Context, None]) -> "Container":
         row = await info.context.containers.load((self.org_id, self.container_id))
+        # The events table's foreign key guarantees the container exists.
+        assert row is not None, f"event {self.id} has no container row"
         return Container.from_row(row)
 
 

@@ -9,6 +9,11 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# RFC 3339 date-time (section 5.6), the offset optional here so a naive time gets its own message.
+# fromisoformat alone would also take ISO 8601 forms such as week dates and comma fractions.
+RFC3339_PATTERN = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?", re.ASCII
+)
 MAX_ACTOR_LENGTH = 256
 MAX_DETAILS_BYTES = 16 * 1024
 
@@ -52,10 +57,13 @@ def parse_timestamp(value: object) -> datetime:
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, str):
+        not_rfc3339 = ValueError("must be an RFC 3339 date-time such as 2023-11-18T12:00:00Z")
+        if not RFC3339_PATTERN.fullmatch(value):
+            raise not_rfc3339
         try:
-            parsed = datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(value.upper())
         except ValueError:
-            raise ValueError("must be an RFC 3339 date-time such as 2023-11-18T12:00:00Z") from None
+            raise not_rfc3339 from None
     else:
         raise ValueError("must be an RFC 3339 date-time string")
     if parsed.tzinfo is None or parsed.utcoffset() is None:
@@ -69,7 +77,8 @@ def parse_timestamp(value: object) -> datetime:
 
 def _upper_enum_name(value: object) -> object:
     # Legacy clients send "access" as often as "ACCESS"; enum names are matched without case.
-    return value.upper() if isinstance(value, str) else value
+    # ASCII only: str.upper() would also turn look-alikes such as "ſuccess" into "SUCCESS".
+    return value.upper() if isinstance(value, str) and value.isascii() else value
 
 
 class NewEvent(BaseModel):
@@ -111,7 +120,12 @@ class NewEvent(BaseModel):
     @field_validator("details")
     @classmethod
     def _details_fit(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if len(orjson.dumps(value)) > MAX_DETAILS_BYTES:
+        try:
+            serialised = orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            # orjson stops at 254 levels of nesting; deeper input is refused, not a fault.
+            raise ValueError("must not nest deeper than 254 levels") from None
+        if len(serialised) > MAX_DETAILS_BYTES:
             raise ValueError(f"must serialise to at most {MAX_DETAILS_BYTES} bytes of JSON")
         return value
 

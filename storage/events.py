@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import ColumnElement, Executable, Row, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -61,7 +61,7 @@ class EventPage:
     cursors: list[str] = field(default_factory=list)
 
 
-def _filter_clause(event_filter: EventFilter):  # type: ignore[no-untyped-def]
+def _filter_clause(event_filter: EventFilter) -> ColumnElement[bool]:
     if event_filter is EventFilter.FAIL:
         return events.c.status == EventStatus.FAILURE.value
     return events.c.event_type == event_filter.value
@@ -104,7 +104,7 @@ async def list_events(
     return EventPage(rows=rows, next_cursor=cursors[-1] if has_more else None, cursors=cursors)
 
 
-def _upsert_container(dialect: str, *, org_id: str, container_id: str, at: datetime):  # type: ignore[no-untyped-def]
+def _upsert_container(dialect: str, *, org_id: str, container_id: str, at: datetime) -> Executable:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     latest = func.greatest if dialect == "postgresql" else func.max
     statement = insert(containers).values(
