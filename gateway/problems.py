@@ -1,5 +1,6 @@
 """RFC 9457 problem details: the one way the REST shim reports an error."""
 
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -20,7 +21,7 @@ class Problem(Exception):
         detail: str,
         *,
         errors: list[dict[str, str]] | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status

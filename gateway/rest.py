@@ -91,12 +91,18 @@ def _parse_listing(query: QueryParams, allowed: tuple[str, ...]) -> tuple[Window
             try:
                 times[name] = parse_timestamp(values[name])
             except ValueError as error:
-                raise invalid(name, str(error)) from None
+                message = str(error)
+                if " " in values[name]:
+                    # An unencoded "+01:00" offset reaches the server as " 01:00".
+                    message += "; in a URL, write the offset's '+' as %2B"
+                raise invalid(name, message) from None
     window = Window(**times)
     if window.since and window.until and window.since > window.until:
         raise invalid("until", "must not be earlier than since")
+    raw_order = values.get("order", "desc")
     try:
-        order = Order(values.get("order", "desc").upper())
+        # ASCII only, or str.upper() would turn look-alikes such as "deſc" into "DESC".
+        order = Order(raw_order.upper() if raw_order.isascii() else raw_order)
     except ValueError:
         raise invalid("order", "must be 'desc' or 'asc'") from None
     try:
@@ -113,19 +119,20 @@ async def _event_list(
     *,
     allowed: tuple[str, ...],
     event_filter: EventFilter | None = None,
-    container_id: str | None = None,
-    must_exist: bool = False,
+    path_container_id: str | None = None,
 ) -> JSONResponse:
+    """One page of events; a container named in the path must exist, one in the query need not."""
     db, org_id = await _authorized_org(request)
-    window, page, container_query = _parse_listing(request.query_params, allowed)
-    container_id = container_id or container_query
+    window, page, container_id = _parse_listing(request.query_params, allowed)
+    if path_container_id is not None:
+        container_id = path_container_id
     if container_id is not None:
         _checked_id("container_id", container_id)
     async with db.session() as session:
-        if must_exist and not await get_container(
-            session, org_id=org_id, container_id=container_id
+        if path_container_id is not None and not await get_container(
+            session, org_id=org_id, container_id=path_container_id
         ):
-            raise Problem(404, f"Container {container_id!r} not found.")
+            raise Problem(404, f"Container {path_container_id!r} not found.")
         found = await list_events(
             session,
             org_id=org_id,
@@ -185,8 +192,7 @@ class ContainerEvents(HTTPEndpoint):
         return await _event_list(
             request,
             allowed=LIST_PARAMETERS,
-            container_id=request.path_params["container_id"],
-            must_exist=True,
+            path_container_id=request.path_params["container_id"],
         )
 
     async def post(self, request: Request) -> JSONResponse:
