@@ -1,5 +1,6 @@
 """The REST shim: the legacy specification's eight routes at their exact paths."""
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -153,13 +154,15 @@ async def org_events(request: Request) -> JSONResponse:
     return await _event_list(request, allowed=(*LIST_PARAMETERS, "container_id"))
 
 
-async def filtered_events(request: Request) -> JSONResponse:
-    event_filter = FILTER_PATHS.get(request.path_params["filter"])
-    if event_filter is None:
-        raise Problem(404, "No resource at this path.")
-    return await _event_list(
-        request, allowed=(*LIST_PARAMETERS, "container_id"), event_filter=event_filter
-    )
+def filtered_events(event_filter: EventFilter) -> Callable[[Request], Awaitable[JSONResponse]]:
+    """The endpoint of one of the five filter routes."""
+
+    async def endpoint(request: Request) -> JSONResponse:
+        return await _event_list(
+            request, allowed=(*LIST_PARAMETERS, "container_id"), event_filter=event_filter
+        )
+
+    return endpoint
 
 
 def _parse_new_event(raw: bytes) -> NewEvent:
@@ -209,6 +212,9 @@ class ContainerEvents(HTTPEndpoint):
 
 routes = [
     Route("/orgs/{org_id}/events", org_events, methods=["GET"]),
-    Route("/orgs/{org_id}/container_events/{filter}", filtered_events, methods=["GET"]),
+    *(
+        Route(f"/orgs/{{org_id}}/container_events/{path}", filtered_events(event_filter))
+        for path, event_filter in FILTER_PATHS.items()
+    ),
     Route("/orgs/{org_id}/containers/{container_id}/events", ContainerEvents),
 ]

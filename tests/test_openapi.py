@@ -46,21 +46,17 @@ async def document(client: httpx.AsyncClient) -> dict[str, Any]:
 
 
 def served_rest_operations(app: Starlette) -> set[tuple[str, str]]:
-    """(path, method) for every REST route the app serves, with by_{filter} expanded."""
+    """(path, method) for every REST route the app serves."""
     served = set()
     for route in app.routes:
         if not isinstance(route, Route) or route.endpoint.__module__ != rest.__name__:
             continue
-        if "{filter}" in route.path:
-            paths = [route.path.replace("{filter}", name) for name in rest.FILTER_PATHS]
-        else:
-            paths = [route.path]
         if inspect.isclass(route.endpoint) and issubclass(route.endpoint, HTTPEndpoint):
             methods = {name for name in HTTP_METHODS if hasattr(route.endpoint, name)}
         else:
             # Starlette adds HEAD to every GET route by itself; the document lists GET.
             methods = {name.lower() for name in route.methods or ()} - {"head"}
-        served |= {(path, method) for path in paths for method in methods}
+        served |= {(route.path, method) for method in methods}
     return served
 
 

@@ -200,6 +200,14 @@ async def test_unknown_paths_answer_404_problem(client, acme_key, path):
     assert_problem(await client.get(path, headers=auth(acme_key)), 404)
 
 
+async def test_posting_to_an_unknown_filter_answers_404_not_405(client, db, acme_key):
+    answer = await client.post(
+        "/orgs/acme/container_events/by_xyz", json={"event_type": "ACCESS"}, headers=auth(acme_key)
+    )
+    assert_problem(answer, 404)
+    assert await count_events(db) == 0
+
+
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
