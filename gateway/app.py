@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from gateway import rest
+from gateway import counts, rest
 from gateway.config import Settings
 from gateway.graphql import GraphQLApp
 from gateway.limits import BodySizeLimit
@@ -45,6 +45,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
 
     app = Starlette(
         routes=[
+            # Before the REST shim's routes, so no `{param}` there can ever claim `/counts`.
+            *counts.routes,
             *rest.routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
             Route("/openapi.json", openapi, methods=["GET"]),

@@ -2,7 +2,8 @@
 
 from typing import Any
 
-from storage.domain import MAX_ACTOR_LENGTH, EventStatus, EventType
+from storage.counts import MAX_BUCKETS, CountBy
+from storage.domain import MAX_ACTOR_LENGTH, EventFilter, EventStatus, EventType
 from storage.events import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 ID_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}
@@ -86,6 +87,48 @@ CONTAINER_FILTER = {
     "description": "Only this container's events.",
     "schema": ID_SCHEMA,
 }
+
+
+def _case_free(names: list[str]) -> dict[str, Any]:
+    return {"type": "string", "enum": [*names, *(name.lower() for name in names)]}
+
+
+COUNT_PARAMETERS = [
+    {
+        "name": "since",
+        "in": "query",
+        "required": True,
+        "description": "Count events whose timestamp is at or after this RFC 3339 time.",
+        "schema": TIME_SCHEMA,
+    },
+    {
+        "name": "until",
+        "in": "query",
+        "required": True,
+        "description": (
+            "Count events whose timestamp is before this RFC 3339 time. By `hour` or `day`, "
+            f"the window may touch at most {MAX_BUCKETS} buckets."
+        ),
+        "schema": TIME_SCHEMA,
+    },
+    {
+        "name": "by",
+        "in": "query",
+        "required": True,
+        "description": (
+            "Group by event type, status, container (the "
+            f"{MAX_BUCKETS} busiest), hour or day (UTC); case does not matter."
+        ),
+        "schema": _case_free([member.value for member in CountBy]),
+    },
+    {
+        "name": "filter",
+        "in": "query",
+        "description": "Count only what one of the five filters lists; case does not matter.",
+        "schema": _case_free([member.value for member in EventFilter]),
+    },
+    CONTAINER_FILTER,
+]
 
 
 def _event_list(summary: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -181,6 +224,43 @@ def _components() -> dict[str, Any]:
                     "next_cursor": {"type": ["string", "null"]},
                 },
             },
+            "EventCounts": {
+                "type": "object",
+                "required": ["by", "since", "until", "counts", "total"],
+                "additionalProperties": False,
+                "properties": {
+                    "by": {"type": "string", "enum": [member.value.lower() for member in CountBy]},
+                    "since": TIME_SCHEMA,
+                    "until": TIME_SCHEMA,
+                    "counts": {
+                        "type": "array",
+                        "description": (
+                            "By hour or day: every bucket of the window, oldest first, empty "
+                            "ones as 0. Otherwise: the keys that occur, largest count first."
+                        ),
+                        "items": {
+                            "type": "object",
+                            "required": ["key", "count"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "key": {
+                                    "type": "string",
+                                    "description": (
+                                        "Event type, status or container id; by hour or day, "
+                                        "the bucket's start as an RFC 3339 UTC time."
+                                    ),
+                                },
+                                "count": {"type": "integer", "minimum": 0},
+                            },
+                        },
+                    },
+                    "total": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Every matching event of the window.",
+                    },
+                },
+            },
             "NewEvent": new_event,
             "WrappedNewEvent": {
                 "type": "object",
@@ -234,6 +314,20 @@ def openapi_document() -> dict[str, Any]:
         "/orgs/{org_id}/events": _event_list(
             "Retrieve Events for an Organization", [org, CONTAINER_FILTER, *LIST_PARAMETERS]
         ),
+    }
+    paths["/orgs/{org_id}/events/counts"] = {
+        "get": {
+            "summary": "Count an Organization's Events",
+            "description": "Counts for dashboards: the events of a window, grouped.",
+            "parameters": [org, *COUNT_PARAMETERS],
+            "responses": {
+                "200": {
+                    "description": "The window's counts.",
+                    "content": {"application/json": {"schema": _ref("EventCounts")}},
+                },
+                **ERRORS,
+            },
+        }
     }
     for path, summary in FILTER_SUMMARIES.items():
         paths[f"/orgs/{{org_id}}/container_events/{path}"] = _event_list(

@@ -84,8 +84,8 @@ def _single_values(query: QueryParams, allowed: tuple[str, ...]) -> dict[str, st
     return values
 
 
-def _parse_listing(query: QueryParams, allowed: tuple[str, ...]) -> tuple[Window, Page, str | None]:
-    values = _single_values(query, allowed)
+def parse_window(values: dict[str, str]) -> Window:
+    """The `since` (inclusive) and `until` (exclusive) query parameters, either one optional."""
     times = {}
     for name in ("since", "until"):
         if name in values:
@@ -100,6 +100,12 @@ def _parse_listing(query: QueryParams, allowed: tuple[str, ...]) -> tuple[Window
     window = Window(**times)
     if window.since and window.until and window.since > window.until:
         raise invalid("until", "must not be earlier than since")
+    return window
+
+
+def _parse_listing(query: QueryParams, allowed: tuple[str, ...]) -> tuple[Window, Page, str | None]:
+    values = _single_values(query, allowed)
+    window = parse_window(values)
     raw_order = values.get("order", "desc")
     try:
         # ASCII only, or str.upper() would turn look-alikes such as "deſc" into "DESC".

@@ -9,6 +9,13 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from schema.context import Context
+from schema.counts import (
+    CountBy,
+    EventCountBucket,
+    EventQuery,
+    resolve_event_counts,
+    resolve_total_count,
+)
 from schema.enums import EventFilter, EventStatus, EventType, Order
 from schema.errors import BadUserInput, NotFound
 from storage import domain
@@ -102,6 +109,11 @@ class EventEdge:
 class EventConnection:
     edges: list[EventEdge]
     page_info: PageInfo
+    query: strawberry.Private[EventQuery]
+
+    @strawberry.field(description="How many events match over all pages; counted only if asked.")
+    async def total_count(self, info: Info[Context, None]) -> int:
+        return await resolve_total_count(info, self.query)
 
     @strawberry.field(description="The events of this page, without their cursors.")
     def nodes(self) -> list[Event]:
@@ -139,7 +151,9 @@ async def resolve_events(
         for cursor, row in zip(found.cursors, found.rows, strict=True)
     ]
     return EventConnection(
-        edges=edges, page_info=_page_info(found.cursors, found.next_cursor, after)
+        edges=edges,
+        page_info=_page_info(found.cursors, found.next_cursor, after),
+        query=EventQuery(org_id, event_filter, container_id, window),
     )
 
 
@@ -235,6 +249,19 @@ class Organization:
             first=first,
             after=after,
         )
+
+    @strawberry.field(description="The org's events in [since, until), counted per group.")
+    async def event_counts(
+        self,
+        info: Info[Context, None],
+        since: datetime,
+        until: datetime,
+        by: CountBy,
+        filter: EventFilter | None = None,
+        container_id: strawberry.ID | None = None,
+    ) -> list[EventCountBucket]:
+        query = EventQuery(self.id, filter, container_id, _window(since, until))
+        return await resolve_event_counts(info, query=query, by=by)
 
     @strawberry.field(description="One container of this org.")
     async def container(self, info: Info[Context, None], id: strawberry.ID) -> Container | None:

@@ -70,6 +70,9 @@ class Event(SQLModel, table=True):
         Index("ix_events_org_type", "org_id", "event_type", "id"),
         Index("ix_events_org_status", "org_id", "status", "id"),
         Index("ix_events_org_container", "org_id", "container_id", "id"),
+        # Counts over a time window (storage/counts.py): a range scan that covers every column
+        # the counts filter or group by, so no table row is read.
+        Index("ix_events_org_time", "org_id", "timestamp", "event_type", "status", "container_id"),
         {"sqlite_autoincrement": True},
     )
 

@@ -30,6 +30,8 @@ PAGE_SIZE = 2
 VARIABLES: dict[str, Any] = {
     "orgId": "acme",
     "containerId": "c1",
+    "since": "2023-11-18T12:00:00Z",
+    "until": "2023-11-18T13:00:00Z",
     "event": {
         "eventType": "ACCESS",
         "status": "FAILURE",
@@ -221,6 +223,23 @@ async def expect_log_container_event(operation: Operation, rows: list[Row]) -> N
     assert await count_events(operation.db) == len(rows) + 1
 
 
+async def expect_event_counts(operation: Operation, rows: list[Row]) -> None:
+    for by in ("TYPE", "STATUS", "CONTAINER", "HOUR", "DAY"):
+        data = (await operation.run(by=by))["org"]
+        rest = await operation.rest(
+            "/orgs/acme/events/counts", by=by, since=VARIABLES["since"], until=VARIABLES["until"]
+        )
+        assert data["eventCounts"] == rest["counts"]
+        assert sum(bucket["count"] for bucket in data["eventCounts"]) == len(rows)
+        assert data["events"]["totalCount"] == rest["total"] == len(rows)
+
+    by_type = (await operation.run())["org"]["eventCounts"]
+    assert by_type[0] == {"key": "ACCESS", "count": 3}
+    failed = (await operation.run(by="CONTAINER", filter="FAIL"))["org"]
+    assert failed["eventCounts"] == [{"key": "c2", "count": 3}, {"key": "c1", "count": 1}]
+    assert failed["events"]["totalCount"] == 4
+
+
 async def answers_without_errors(operation: Operation, rows: list[Row]) -> None:
     """All a new file gets until it has an entry in EXPECTATIONS."""
     assert await operation.run()
@@ -236,6 +255,7 @@ EXPECTATIONS: dict[str, Expectation] = {
     "ContainerEvents": expect_container_events,
     "Containers": expect_containers,
     "LogContainerEvent": expect_log_container_event,
+    "EventCounts": expect_event_counts,
 }
 
 

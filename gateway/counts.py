@@ -1,0 +1,67 @@
+"""GET /orgs/{org_id}/events/counts: the REST twin of Organization.eventCounts."""
+
+from enum import StrEnum
+from typing import TypeVar
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from gateway.problems import invalid
+from gateway.responses import JSONResponse
+from gateway.rest import _authorized_org, _checked_id, _single_values, parse_window
+from storage.counts import CountBy, InvalidCounts, event_counts
+from storage.domain import EventFilter
+
+COUNT_PARAMETERS = ("since", "until", "by", "filter", "container_id")
+REQUIRED_PARAMETERS = ("since", "until", "by")
+
+Choice = TypeVar("Choice", bound=StrEnum)
+
+
+def _parse_choice(name: str, raw: str, choices: type[Choice]) -> Choice:
+    # ASCII only, or str.upper() would turn look-alikes such as "ſtatus" into "STATUS".
+    try:
+        return choices(raw.upper() if raw.isascii() else raw)
+    except ValueError:
+        names = ", ".join(member.value.lower() for member in choices)
+        raise invalid(name, f"must be one of {names}; case does not matter") from None
+
+
+async def org_event_counts(request: Request) -> JSONResponse:
+    """The org's events in [since, until) grouped by type, status, container, hour or day."""
+    db, org_id = await _authorized_org(request)
+    values = _single_values(request.query_params, COUNT_PARAMETERS)
+    for name in REQUIRED_PARAMETERS:
+        if name not in values:
+            raise invalid(name, "is required")
+    window = parse_window(values)
+    by = _parse_choice("by", values["by"], CountBy)
+    event_filter = None
+    if "filter" in values:
+        event_filter = _parse_choice("filter", values["filter"], EventFilter)
+    container_id = values.get("container_id")
+    if container_id is not None:
+        _checked_id("container_id", container_id)
+    async with db.session() as session:
+        try:
+            counts = await event_counts(
+                session,
+                org_id=org_id,
+                window=window,
+                by=by,
+                event_filter=event_filter,
+                container_id=container_id,
+            )
+        except InvalidCounts as error:
+            raise invalid(error.part, str(error)) from None
+    body = {
+        "by": by.value.lower(),
+        "since": window.since,
+        "until": window.until,
+        "counts": [{"key": bucket.key, "count": bucket.count} for bucket in counts.buckets],
+        "total": counts.total,
+    }
+    return JSONResponse(body)
+
+
+routes = [Route("/orgs/{org_id}/events/counts", org_event_counts, methods=["GET"])]

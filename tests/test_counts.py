@@ -1,0 +1,352 @@
+"""Counts for dashboards: storage/counts.py and its REST twin GET /orgs/{org_id}/events/counts."""
+
+from datetime import UTC, datetime, timedelta
+from itertools import product
+from typing import Any
+
+import pytest
+
+from storage import counts
+from storage.counts import CountBy, InvalidCounts, count_events, event_counts
+from storage.database import Database
+from storage.domain import EventFilter, EventStatus, EventType
+from storage.events import Page, Window, list_events
+from tests.factories import BASE_TIME, auth, make_events
+from tests.rest_assertions import assert_problem
+from tests.sql_statements import CountStatements
+from tests.test_openapi import COUNTS_PATH, assert_documented
+
+COUNTS = "/orgs/acme/events/counts"
+DAY = {"since": "2023-11-18T00:00:00Z", "until": "2023-11-19T00:00:00Z"}
+DAY_WINDOW = Window(datetime(2023, 11, 18, tzinfo=UTC), datetime(2023, 11, 19, tzinfo=UTC))
+
+# Events on both sides of the day's edges and of hour edges; 6 of them fall on 2023-11-18 UTC.
+TIMED = [
+    ("c1", {"event_type": "ACCESS", "timestamp": "2023-11-17T23:59:59.999999Z"}),
+    ("c1", {"event_type": "ACCESS", "timestamp": "2023-11-18T00:00:00Z"}),
+    ("c2", {"event_type": "ACCESS", "status": "FAILURE", "timestamp": "2023-11-18T00:59:59Z"}),
+    ("c1", {"event_type": "BLOCK", "timestamp": "2023-11-18T01:00:00Z"}),
+    ("c3", {"event_type": "CREATE", "timestamp": "2023-11-18T03:30:00+02:00"}),
+    ("c2", {"event_type": "EXPIRE", "status": "FAILURE", "timestamp": "2023-11-18T05:00:00Z"}),
+    ("c1", {"event_type": "ACCESS", "timestamp": "2023-11-18T23:59:59.999999Z"}),
+    ("c2", {"event_type": "ACCESS", "timestamp": "2023-11-19T00:00:00Z"}),
+]
+
+# Every type with every status over three containers, one minute apart from BASE_TIME.
+MIXED = [
+    (f"c{index % 3}", {"event_type": event_type, "status": status})
+    for index, (event_type, status) in enumerate(product(EventType, EventStatus))
+] * 2
+
+WINDOWS = {
+    "all_time": Window(),
+    "since_only": Window(since=BASE_TIME + timedelta(minutes=5)),
+    "until_only": Window(until=BASE_TIME + timedelta(minutes=5)),
+    "both": Window(BASE_TIME + timedelta(minutes=3), BASE_TIME + timedelta(minutes=17)),
+}
+
+
+def hour(text: str) -> str:
+    return f"2023-11-18T{text}:00:00Z"
+
+
+async def counted(db: Database, by: CountBy, window: Window = DAY_WINDOW, **options: Any):
+    async with db.session() as session:
+        found = await event_counts(session, org_id="acme", window=window, by=by, **options)
+    return [(bucket.key, bucket.count) for bucket in found.buckets], found.total
+
+
+async def listed(db: Database, **arguments: Any) -> int:
+    """How many events list_events returns, walked page by page."""
+    seen, cursor = 0, None
+    async with db.session() as session:
+        while True:
+            page = Page.parse(limit=4, cursor=cursor)
+            found = await list_events(session, org_id="acme", page=page, **arguments)
+            seen += len(found.rows)
+            if found.next_cursor is None:
+                return seen
+            cursor = found.next_cursor
+
+
+@pytest.mark.parametrize("window", WINDOWS.values(), ids=WINDOWS.keys())
+@pytest.mark.parametrize("container_id", [None, "c1", "nowhere"])
+async def test_every_total_is_the_number_of_events_the_same_list_walks_through(
+    db, acme_key, other_key, container_id, window
+):
+    await make_events(db, "acme", MIXED)
+    await make_events(db, "other", MIXED)
+
+    for event_filter in [None, *EventFilter]:
+        arguments = {"event_filter": event_filter, "container_id": container_id, "window": window}
+        async with db.session() as session:
+            total = await count_events(session, org_id="acme", **arguments)
+        assert total == await listed(db, **arguments), arguments
+    assert await listed(db, window=window) > 0
+
+
+async def test_counts_by_type_are_largest_first_then_by_name(db, acme_key):
+    await make_events(db, "acme", TIMED)
+
+    assert await counted(db, CountBy.TYPE) == (
+        [("ACCESS", 3), ("BLOCK", 1), ("CREATE", 1), ("EXPIRE", 1)],
+        6,
+    )
+
+
+async def test_counts_by_status(db, acme_key):
+    await make_events(db, "acme", TIMED)
+
+    assert await counted(db, CountBy.STATUS) == ([("SUCCESS", 4), ("FAILURE", 2)], 6)
+
+
+async def test_counts_by_container(db, acme_key):
+    await make_events(db, "acme", TIMED)
+
+    assert await counted(db, CountBy.CONTAINER) == ([("c1", 3), ("c2", 2), ("c3", 1)], 6)
+
+
+async def test_counts_by_container_keep_the_busiest_and_still_total_them_all(
+    db, acme_key, monkeypatch
+):
+    await make_events(db, "acme", TIMED)
+    monkeypatch.setattr(counts, "MAX_BUCKETS", 2)
+
+    assert await counted(db, CountBy.CONTAINER) == ([("c1", 3), ("c2", 2)], 6)
+
+
+async def test_counts_by_hour_list_every_hour_of_the_window_in_utc(db, acme_key):
+    await make_events(db, "acme", TIMED)
+
+    buckets, total = await counted(db, CountBy.HOUR)
+
+    assert [key for key, _ in buckets] == [hour(f"{h:02d}") for h in range(24)]
+    assert {key: count for key, count in buckets if count} == {
+        hour("00"): 2,  # 00:00:00 is in (since is inclusive), as is 00:59:59
+        hour("01"): 2,  # 01:00:00, and 03:30+02:00
+        hour("05"): 1,
+        hour("23"): 1,  # 23:59:59.999999 is in; 2023-11-19T00:00:00 is not (until is exclusive)
+    }
+    assert total == 6
+
+
+async def test_hour_buckets_start_on_the_hour_and_count_only_inside_the_window(db, acme_key):
+    await make_events(db, "acme", TIMED)
+    window = Window(
+        datetime(2023, 11, 18, 0, 30, tzinfo=UTC), datetime(2023, 11, 18, 1, 30, tzinfo=UTC)
+    )
+
+    assert await counted(db, CountBy.HOUR, window) == ([(hour("00"), 1), (hour("01"), 1)], 2)
+
+
+async def test_counts_by_day_split_at_utc_midnight(db, acme_key):
+    await make_events(db, "acme", TIMED)
+    window = Window(datetime(2023, 11, 17, 12, tzinfo=UTC), datetime(2023, 11, 19, 12, tzinfo=UTC))
+
+    assert await counted(db, CountBy.DAY, window) == (
+        [("2023-11-17T00:00:00Z", 1), ("2023-11-18T00:00:00Z", 6), ("2023-11-19T00:00:00Z", 1)],
+        8,
+    )
+
+
+async def test_counts_take_the_filter_and_container_of_the_lists(db, acme_key):
+    await make_events(db, "acme", TIMED)
+
+    by_type, _ = await counted(db, CountBy.TYPE, event_filter=EventFilter.FAIL)
+    by_hour, total = await counted(db, CountBy.HOUR, container_id="c1")
+
+    assert by_type == [("ACCESS", 1), ("EXPIRE", 1)]
+    assert {key: count for key, count in by_hour if count} == {
+        hour("00"): 1,
+        hour("01"): 1,
+        hour("23"): 1,
+    }
+    assert total == 3
+
+
+async def test_another_orgs_events_are_not_counted(db, acme_key, other_key):
+    await make_events(db, "other", TIMED)
+
+    for by in CountBy:
+        buckets, total = await counted(db, by)
+        assert total == 0 and all(count == 0 for _, count in buckets)
+
+
+async def test_an_empty_window_has_no_buckets(db, acme_key):
+    await make_events(db, "acme", TIMED)
+    moment = datetime(2023, 11, 18, 0, 30, tzinfo=UTC)
+
+    for by in CountBy:
+        assert await counted(db, by, Window(moment, moment)) == ([], 0)
+
+
+@pytest.mark.parametrize(("by", "span"), [(CountBy.HOUR, "hours"), (CountBy.DAY, "days")])
+async def test_a_window_may_touch_at_most_1000_time_buckets(db, acme_key, by, span):
+    since = datetime(2023, 1, 1, tzinfo=UTC)
+    widest = Window(since, since + timedelta(**{span: 1000}))
+    off_the_hour = Window(since + timedelta(minutes=30), widest.until + timedelta(minutes=30))
+
+    buckets, _ = await counted(db, by, widest)
+    with pytest.raises(InvalidCounts) as refused:
+        await counted(db, by, off_the_hour)
+
+    assert len(buckets) == 1000
+    assert refused.value.part == "until"
+
+
+async def test_time_buckets_at_the_end_of_the_calendar_do_not_overflow(db, acme_key):
+    last_day = Window(datetime(9999, 12, 31, tzinfo=UTC), datetime(9999, 12, 31, 23, tzinfo=UTC))
+
+    assert await counted(db, CountBy.DAY, last_day) == ([("9999-12-31T00:00:00Z", 0)], 0)
+
+
+# REST twin
+
+
+async def get_counts(client, key: str, **params: str):
+    return await client.get(COUNTS, params=params, headers=auth(key))
+
+
+async def test_the_rest_twin_answers_the_buckets_and_the_total(client, db, acme_key):
+    await make_events(db, "acme", TIMED)
+
+    answer = await get_counts(client, acme_key, by="type", **DAY)
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "by": "type",
+        "since": DAY["since"],
+        "until": DAY["until"],
+        "counts": [
+            {"key": "ACCESS", "count": 3},
+            {"key": "BLOCK", "count": 1},
+            {"key": "CREATE", "count": 1},
+            {"key": "EXPIRE", "count": 1},
+        ],
+        "total": 6,
+    }
+
+
+@pytest.mark.parametrize("by", list(CountBy))
+async def test_the_rest_twin_answers_what_storage_counts(client, db, acme_key, by):
+    await make_events(db, "acme", TIMED)
+
+    answer = await get_counts(client, acme_key, by=by.value.lower(), **DAY)
+
+    buckets, total = await counted(db, by)
+    assert answer.status_code == 200, answer.text
+    assert [(item["key"], item["count"]) for item in answer.json()["counts"]] == buckets
+    assert answer.json()["total"] == total
+
+
+async def test_by_and_filter_are_matched_without_regard_to_case(client, db, acme_key):
+    await make_events(db, "acme", TIMED)
+
+    answer = await get_counts(client, acme_key, by="Status", filter="fail", **DAY)
+
+    assert answer.json()["by"] == "status"
+    assert answer.json()["counts"] == [{"key": "FAILURE", "count": 2}]
+
+
+async def test_the_rest_twin_takes_a_container_and_offsets_in_the_window(client, db, acme_key):
+    await make_events(db, "acme", TIMED)
+    window = {"since": "2023-11-18T02:00:00+02:00", "until": "2023-11-18T03:00:00+02:00"}
+
+    answer = await get_counts(client, acme_key, by="hour", container_id="c1", **window)
+
+    assert answer.json()["since"] == "2023-11-18T00:00:00Z"
+    assert answer.json()["counts"] == [{"key": hour("00"), "count": 1}]
+
+
+BAD_QUERIES = {
+    "missing_since": ({"until": DAY["until"], "by": "type"}, "since"),
+    "missing_until": ({"since": DAY["since"], "by": "type"}, "until"),
+    "missing_by": (DAY, "by"),
+    "unknown_by": ({**DAY, "by": "week"}, "by"),
+    "by_unicode_look_alike": ({**DAY, "by": "\u017ftatus"}, "by"),
+    "unknown_filter": ({**DAY, "by": "type", "filter": "update"}, "filter"),
+    "naive_since": ({**DAY, "by": "type", "since": "2023-11-18T00:00:00"}, "since"),
+    "garbage_until": ({**DAY, "by": "type", "until": "tomorrow"}, "until"),
+    "until_before_since": ({"since": DAY["until"], "until": DAY["since"], "by": "day"}, "until"),
+    "over_1000_hours": ({**DAY, "until": "2024-01-01T00:00:00Z", "by": "hour"}, "until"),
+    "bad_container_id": ({**DAY, "by": "type", "container_id": "x" * 129}, "container_id"),
+    "paging_parameter": ({**DAY, "by": "type", "limit": "10"}, "limit"),
+    "order_parameter": ({**DAY, "by": "type", "order": "asc"}, "order"),
+}
+
+
+@pytest.mark.parametrize(("params", "field"), BAD_QUERIES.values(), ids=BAD_QUERIES.keys())
+async def test_bad_input_answers_400_naming_the_field_before_any_counting(
+    client, db, acme_key, params, field
+):
+    await make_events(db, "acme", TIMED)
+
+    with CountStatements(db) as seen:
+        answer = await get_counts(client, acme_key, **params)
+
+    assert_problem(answer, 400, field)
+    assert seen.statements == []
+
+
+async def test_a_repeated_parameter_answers_400(client, acme_key):
+    answer = await client.get(
+        f"{COUNTS}?by=type&by=status&since={DAY['since']}&until={DAY['until']}",
+        headers=auth(acme_key),
+    )
+
+    assert_problem(answer, 400, "by")
+
+
+async def test_without_a_key_the_counts_answer_401(client, db, acme_key):
+    answer = await client.get(COUNTS, params={**DAY, "by": "type"})
+
+    assert_problem(answer, 401)
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_another_orgs_counts_answer_404_as_if_it_did_not_exist(
+    client, db, acme_key, other_key
+):
+    await make_events(db, "acme", TIMED)
+    params = {**DAY, "by": "type"}
+
+    foreign = await client.get(COUNTS, params=params, headers=auth(other_key))
+    unknown = await client.get("/orgs/ghost/events/counts", params=params, headers=auth(acme_key))
+
+    assert_problem(foreign, 404)
+    assert_problem(unknown, 404)
+    assert foreign.json()["detail"].replace("acme", "ghost") == unknown.json()["detail"]
+
+
+async def test_the_counts_route_is_its_own_and_leaves_the_event_list_alone(client, db, acme_key):
+    await make_events(db, "acme", TIMED)
+
+    listed_events = await client.get("/orgs/acme/events", headers=auth(acme_key))
+    posted = await client.post(COUNTS, json={"event_type": "ACCESS"}, headers=auth(acme_key))
+
+    assert len(listed_events.json()["events"]) == len(TIMED)
+    assert_problem(posted, 405)
+
+
+async def test_every_documented_count_parameter_value_is_accepted_and_answers_as_documented(
+    client, db, acme_key
+):
+    await make_events(db, "acme", TIMED)
+    document = (await client.get("/openapi.json")).json()
+    parameters = document["paths"][COUNTS_PATH]["get"]["parameters"]
+    samples = {
+        "since": ["2023-11-18T00:00:00Z", "2023-11-18T02:00:00+02:00"],
+        "until": ["2023-11-19T00:00:00Z", "2023-11-19T02:00:00+02:00"],
+        "container_id": ["c1"],
+    }
+
+    for parameter in parameters:
+        if parameter["in"] != "query":
+            continue
+        for value in parameter["schema"].get("enum", samples.get(parameter["name"], [])):
+            params = {**DAY, "by": "day", parameter["name"]: value}
+            answer = await client.get(COUNTS, params=params, headers=auth(acme_key))
+            assert answer.status_code == 200, (params, answer.text)
+            assert_documented(document, COUNTS_PATH, "get", answer)
+    required = {parameter["name"] for parameter in parameters if parameter.get("required")}
+    assert required == {"org_id", "since", "until", "by"}

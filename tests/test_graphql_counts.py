@@ -1,0 +1,191 @@
+"""Counts over GraphQL: EventConnection.totalCount and Organization.eventCounts."""
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from storage.counts import CountBy
+from storage.domain import EventFilter
+from tests.factories import BASE_TIME, auth, make_events
+from tests.graphql_client import graphql_data, only_error, post_graphql
+from tests.sql_statements import CountStatements
+from tests.test_counts import DAY, MIXED, TIMED
+
+ORG_EVENTS = """
+query OrgEvents($filter: EventFilter, $containerId: ID, $since: DateTime, $until: DateTime,
+                $first: Int, $after: String) {
+  org(id: "acme") {
+    events(filter: $filter, containerId: $containerId, since: $since, until: $until,
+           first: $first, after: $after) {
+      totalCount
+      edges { node { id } }
+      pageInfo { hasNextPage endCursor }
+    }
+  }
+}
+"""
+
+PAGE_ONLY = """
+query Page($filter: EventFilter) {
+  org(id: "acme") { events(filter: $filter, first: 5) { edges { node { id container { id } } } } }
+}
+"""
+
+CONTAINER_TOTAL = """
+query ContainerTotal($filter: EventFilter) {
+  org(id: "acme") { container(id: "c1") { events(filter: $filter, first: 1) { totalCount } } }
+}
+"""
+
+EVENT_COUNTS = """
+query EventCounts($org: ID! = "acme", $since: DateTime!, $until: DateTime!, $by: CountBy!,
+                  $filter: EventFilter, $containerId: ID) {
+  org(id: $org) {
+    eventCounts(since: $since, until: $until, by: $by, filter: $filter,
+                containerId: $containerId) { key count }
+  }
+}
+"""
+
+WINDOWS = {
+    "all_time": {},
+    "since": {"since": (BASE_TIME + timedelta(minutes=5)).isoformat()},
+    "both": {
+        "since": (BASE_TIME + timedelta(minutes=3)).isoformat(),
+        "until": (BASE_TIME + timedelta(minutes=17)).isoformat(),
+    },
+}
+
+
+async def walk(client, key: str, **variables: Any) -> tuple[int, list[int]]:
+    """The totalCount of the first page, and every id listed walking all pages."""
+    ids: list[int] = []
+    totals: set[int] = set()
+    after = None
+    while True:
+        page = {"first": 4, "after": after, **variables}
+        data = await graphql_data(client, key, ORG_EVENTS, page)
+        connection = data["org"]["events"]
+        totals.add(connection["totalCount"])
+        ids += [int(edge["node"]["id"]) for edge in connection["edges"]]
+        if not connection["pageInfo"]["hasNextPage"]:
+            break
+        after = connection["pageInfo"]["endCursor"]
+    [total] = totals  # the same on every page: it counts the whole list, not what is left
+    return total, ids
+
+
+@pytest.mark.parametrize("window", WINDOWS.values(), ids=WINDOWS.keys())
+@pytest.mark.parametrize("container_id", [None, "c1"])
+@pytest.mark.parametrize("event_filter", [None, *EventFilter])
+async def test_total_count_is_the_number_of_events_the_connection_walks_through(
+    client, db, acme_key, other_key, event_filter, container_id, window
+):
+    await make_events(db, "acme", MIXED)
+    await make_events(db, "other", MIXED)
+    variables = {"filter": event_filter, "containerId": container_id, **window}
+
+    total, ids = await walk(client, acme_key, **variables)
+
+    assert total == len(ids)
+
+
+async def test_a_containers_total_count_counts_only_that_container(client, db, acme_key):
+    await make_events(db, "acme", MIXED)
+
+    data = await graphql_data(client, acme_key, CONTAINER_TOTAL, {"filter": "FAIL"})
+
+    expected = sum(1 for c, fields in MIXED if c == "c1" and fields["status"] == "FAILURE")
+    assert data["org"]["container"]["events"]["totalCount"] == expected
+
+
+async def test_total_count_is_not_computed_unless_selected(client, db, acme_key):
+    await make_events(db, "acme", MIXED)
+
+    with CountStatements(db) as unselected:
+        await graphql_data(client, acme_key, PAGE_ONLY, {"filter": "ACCESS"})
+    with CountStatements(db) as selected:
+        await graphql_data(client, acme_key, ORG_EVENTS, {"filter": "ACCESS"})
+
+    assert unselected.statements == []
+    assert len(selected.statements) == 1
+
+
+@pytest.mark.parametrize("by", list(CountBy))
+async def test_event_counts_match_the_rest_twin_for_every_grouping(client, db, acme_key, by):
+    await make_events(db, "acme", TIMED)
+
+    data = await graphql_data(client, acme_key, EVENT_COUNTS, {**DAY, "by": by.value})
+    rest = await client.get(
+        "/orgs/acme/events/counts", params={**DAY, "by": by.value}, headers=auth(acme_key)
+    )
+
+    assert data["org"]["eventCounts"] == rest.json()["counts"]
+    assert sum(bucket["count"] for bucket in data["org"]["eventCounts"]) == 6
+
+
+async def test_event_counts_by_hour_are_keyed_by_each_hours_utc_start(client, db, acme_key):
+    await make_events(db, "acme", TIMED)
+    window = {"since": "2023-11-18T02:30:00+02:00", "until": "2023-11-18T03:30:00+02:00"}
+
+    data = await graphql_data(client, acme_key, EVENT_COUNTS, {**window, "by": "HOUR"})
+
+    assert data["org"]["eventCounts"] == [
+        {"key": "2023-11-18T00:00:00Z", "count": 1},
+        {"key": "2023-11-18T01:00:00Z", "count": 1},
+    ]
+
+
+async def test_event_counts_take_a_filter_and_a_container(client, db, acme_key):
+    await make_events(db, "acme", TIMED)
+    variables = {**DAY, "by": "TYPE", "filter": "FAIL", "containerId": "c2"}
+
+    data = await graphql_data(client, acme_key, EVENT_COUNTS, variables)
+
+    assert data["org"]["eventCounts"] == [
+        {"key": "ACCESS", "count": 1},
+        {"key": "EXPIRE", "count": 1},
+    ]
+
+
+BAD_VARIABLES = {
+    "naive_since": ({"since": "2023-11-18T00:00:00"}, "since"),
+    "until_before_since": ({"since": DAY["until"], "until": DAY["since"]}, "until"),
+    "over_1000_hours": ({"until": "2024-01-01T00:00:00Z", "by": "HOUR"}, "until"),
+    "bad_container_id": ({"containerId": "x" * 129}, "containerId"),
+}
+
+
+@pytest.mark.parametrize(("overrides", "field"), BAD_VARIABLES.values(), ids=BAD_VARIABLES.keys())
+async def test_bad_input_is_bad_user_input_naming_the_argument_before_any_counting(
+    client, db, acme_key, overrides, field
+):
+    await make_events(db, "acme", TIMED)
+    variables = {**DAY, "by": "DAY", **overrides}
+
+    with CountStatements(db) as seen:
+        answer = await post_graphql(client, acme_key, EVENT_COUNTS, variables)
+
+    assert only_error(answer)["extensions"] == {"code": "BAD_USER_INPUT", "field": field}
+    assert seen.statements == []
+
+
+@pytest.mark.parametrize("variables", [{"by": "WEEK"}, {"by": "TYPE", "since": None}])
+async def test_an_unknown_grouping_or_a_missing_window_end_is_bad_user_input(
+    client, acme_key, variables
+):
+    answer = await post_graphql(client, acme_key, EVENT_COUNTS, {**DAY, **variables})
+
+    assert only_error(answer)["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_another_orgs_counts_are_not_found(client, db, acme_key, other_key):
+    await make_events(db, "other", TIMED)
+
+    answer = await post_graphql(
+        client, acme_key, EVENT_COUNTS, {**DAY, "by": "TYPE", "org": "other"}
+    )
+
+    assert only_error(answer)["extensions"]["code"] == "NOT_FOUND"
+    assert answer["data"] == {"org": None}
