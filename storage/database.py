@@ -1,9 +1,11 @@
 """One async engine from one URL, with each dialect set up for serving."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -15,6 +17,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlmodel import SQLModel
 
 from storage import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from storage.driver import PostgresReaderPool, Reader, SQLiteReaderPool
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./events.db"
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -35,6 +38,10 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def _dump_json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     # Every new connection: WAL lets readers run beside the writer, foreign keys are off by
     # default in SQLite, a busy timeout makes concurrent writers wait instead of failing, and
@@ -48,14 +55,27 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Database:
-    """The engine and session factory of one database URL."""
+    """One database URL: an engine and sessions for writes, driver connections for hot reads."""
 
-    def __init__(self, url: str = DEFAULT_DATABASE_URL, *, echo: bool = False) -> None:
+    def __init__(
+        self, url: str = DEFAULT_DATABASE_URL, *, echo: bool = False, read_pool_size: int = 2
+    ) -> None:
         self.url = normalize_url(url)
-        self.engine: AsyncEngine = create_async_engine(self.url, echo=echo)
+        parsed = make_url(self.url)
+        if parsed.drivername.startswith("sqlite") and parsed.database in (None, "", ":memory:"):
+            raise ValueError("SQLite needs a file: each connection to :memory: is its own database")
+        self.engine: AsyncEngine = create_async_engine(
+            self.url,
+            echo=echo,
+            json_serializer=_dump_json,
+            json_deserializer=orjson.loads,
+        )
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _configure_sqlite)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._readers: SQLiteReaderPool | PostgresReaderPool | None = None
+        self._read_pool_size = read_pool_size
+        self._readers_opening = asyncio.Lock()
 
     @property
     def dialect(self) -> str:
@@ -65,6 +85,33 @@ class Database:
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self._sessions() as session:
             yield session
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[Reader]:
+        """A driver connection for the hot read functions (list_events and friends)."""
+        pool = self._readers or await self._open_readers()
+        async with pool.reader() as reader:
+            yield reader
+
+    async def _open_readers(self) -> SQLiteReaderPool | PostgresReaderPool:
+        async with self._readers_opening:
+            if self._readers is None:
+                parsed = make_url(self.url)
+                dialect = self.engine.dialect
+                pool: SQLiteReaderPool | PostgresReaderPool
+                if self.dialect == "sqlite":
+                    assert parsed.database is not None
+                    pool = SQLiteReaderPool(
+                        parsed.database,
+                        dialect,
+                        size=self._read_pool_size,
+                        busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS,
+                    )
+                else:
+                    pool = PostgresReaderPool(parsed, dialect, size=self._read_pool_size)
+                await pool.open()
+                self._readers = pool
+            return self._readers
 
     async def create_schema(self) -> None:
         """Create any missing tables and indexes."""
@@ -76,4 +123,7 @@ class Database:
             await connection.run_sync(SQLModel.metadata.drop_all)
 
     async def dispose(self) -> None:
+        if self._readers is not None:
+            await self._readers.close()
+            self._readers = None
         await self.engine.dispose()

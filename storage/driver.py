@@ -1,0 +1,180 @@
+"""Hot reads on the database driver's own connections.
+
+SQLAlchemy's async session costs several times the raw driver per statement. Hot read paths
+therefore build their statements with SQLAlchemy Core, compile them once per dialect, and run
+the compiled SQL on a small pool of aiosqlite or asyncpg connections.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+import aiosqlite
+import asyncpg
+import orjson
+from sqlalchemy.engine import URL, Dialect
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+Processor = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class CompiledQuery:
+    """SQL text for one dialect, its positional parameters in order, and how to convert values.
+
+    The conversions are the column types' own bind and result processors, so values cross the
+    raw driver exactly as they would cross SQLAlchemy (UTC times, JSON, ...).
+    """
+
+    sql: str
+    names: tuple[str, ...]
+    defaults: Mapping[str, Any]
+    binders: Mapping[str, Processor]
+    decoders: tuple[tuple[int, Processor], ...]
+
+    def parameters(self, values: Mapping[str, Any]) -> list[Any]:
+        ordered = []
+        for name in self.names:
+            value = values[name] if name in values else self.defaults[name]
+            binder = self.binders.get(name)
+            ordered.append(value if binder is None or value is None else binder(value))
+        return ordered
+
+    def decode(self, rows: Sequence[Any]) -> list[tuple[Any, ...]]:
+        if not self.decoders:
+            return [tuple(row) for row in rows]
+        decoded = []
+        for row in rows:
+            values = list(row)
+            for index, decoder in self.decoders:
+                values[index] = decoder(values[index])
+            decoded.append(tuple(values))
+        return decoded
+
+
+def compile_query(statement: ClauseElement, dialect: Dialect) -> CompiledQuery:
+    """Compile a Core statement whose variable parts are named bindparams."""
+    compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
+    binders = {
+        name: binder
+        for name, bind in compiled.binds.items()
+        if (binder := bind.type.bind_processor(dialect)) is not None
+    }
+    columns = getattr(statement, "selected_columns", ())
+    decoders = tuple(
+        (index, decoder)
+        for index, column in enumerate(columns)
+        if (decoder := column.type.result_processor(dialect, None)) is not None
+    )
+    return CompiledQuery(
+        sql=compiled.string,
+        names=tuple(compiled.positiontup or ()),
+        defaults=dict(compiled.params),
+        binders=binders,
+        decoders=decoders,
+    )
+
+
+Run = Callable[[str, list[Any]], Awaitable[Sequence[Any]]]
+
+
+class Reader:
+    """One driver connection, borrowed for the reads of one request."""
+
+    def __init__(self, run: Run, dialect: Dialect, cache: dict[Hashable, CompiledQuery]) -> None:
+        self._run = run
+        self.dialect = dialect
+        self._cache = cache
+
+    async def fetch(
+        self, key: Hashable, build: Callable[[], ClauseElement], values: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """Rows of the statement `build()` makes for `key` (compiled on first use)."""
+        query = self._cache.get(key)
+        if query is None:
+            query = self._cache[key] = compile_query(build(), self.dialect)
+        return query.decode(await self._run(query.sql, query.parameters(values)))
+
+
+class SQLiteReaderPool:
+    """A few read-only aiosqlite connections; each runs its statements on its own thread."""
+
+    def __init__(self, path: str, dialect: Dialect, *, size: int, busy_timeout_ms: int) -> None:
+        self._path = path
+        self._dialect = dialect
+        self._cache: dict[Hashable, CompiledQuery] = {}
+        self._size = size
+        self._busy_timeout_ms = busy_timeout_ms
+        self._idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all: list[aiosqlite.Connection] = []
+
+    async def open(self) -> None:
+        for _ in range(self._size):
+            connection = await aiosqlite.connect(self._path)
+            await connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            await connection.execute("PRAGMA query_only=ON")
+            self._all.append(connection)
+            self._idle.put_nowait(connection)
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[Reader]:
+        connection = await self._idle.get()
+        try:
+
+            async def run(sql: str, parameters: list[Any]) -> Sequence[Any]:
+                return cast(Sequence[Any], await connection.execute_fetchall(sql, parameters))
+
+            yield Reader(run, self._dialect, self._cache)
+        finally:
+            self._idle.put_nowait(connection)
+
+    async def close(self) -> None:
+        for connection in self._all:
+            await connection.close()
+        self._all.clear()
+
+
+async def _decode_json_with_orjson(connection: asyncpg.Connection) -> None:
+    # SQLAlchemy's asyncpg dialect installs the same codec on its own connections.
+    for type_name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            type_name, encoder=_dump_json, decoder=orjson.loads, schema="pg_catalog"
+        )
+
+
+def _dump_json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class PostgresReaderPool:
+    """An asyncpg pool; asyncpg also prepares each statement once per connection."""
+
+    def __init__(self, url: URL, dialect: Dialect, *, size: int) -> None:
+        self._dialect = dialect
+        self._cache: dict[Hashable, CompiledQuery] = {}
+        self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._size = size
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn, min_size=1, max_size=self._size, init=_decode_json_with_orjson
+        )
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[Reader]:
+        assert self._pool is not None, "open() the pool first"
+        async with self._pool.acquire() as connection:
+
+            async def run(sql: str, parameters: list[Any]) -> Sequence[Any]:
+                return await connection.fetch(sql, *parameters)
+
+            yield Reader(run, self._dialect, self._cache)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
