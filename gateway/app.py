@@ -9,6 +9,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from gateway import counts, rest
+from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.graphql import GraphQLApp
 from gateway.limits import BodySizeLimit
@@ -22,7 +23,8 @@ from storage.database import Database
 def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Starlette:
     """Build the gateway; the schema is created on start-up if the database lacks it."""
     settings = settings or Settings.from_env()
-    db = db or Database(settings.database_url)
+    db = db or Database(settings.database_url, read_pool_size=settings.read_pool_size)
+    authenticator = Authenticator(db, cache_seconds=settings.key_cache_seconds)
     graphql = GraphQLApp(
         build_schema(
             max_depth=settings.graphql_max_depth,
@@ -30,6 +32,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
             max_tokens=settings.graphql_max_tokens,
         ),
         db=db,
+        authenticator=authenticator,
         graphiql=settings.graphiql,
     )
     document = openapi_document()
@@ -60,5 +63,6 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         lifespan=lifespan,
     )
     app.state.db = db
+    app.state.authenticator = authenticator
     app.state.settings = settings
     return app

@@ -61,9 +61,10 @@ async def orgs_create(db: Database, org_id: str, name: str | None) -> None:
 
 async def keys_create(db: Database, org_id: str) -> None:
     """Create another key for an org; the key alone goes to stdout."""
-    async with db.session() as session:
-        if await get_org(session, org_id=org_id) is None:
+    async with db.reader() as reader:
+        if await get_org(reader, org_id=org_id) is None:
             _fail(f"no organization {org_id!r}")
+    async with db.session() as session:
         key, secret = await create_key(session, org_id=org_id)
     print(f"created key {key.id} for {org_id!r}; it is shown only this once:", file=sys.stderr)
     print(secret)
@@ -71,9 +72,10 @@ async def keys_create(db: Database, org_id: str) -> None:
 
 async def keys_list(db: Database, org_id: str) -> None:
     """Print an org's keys: id, prefix, creation and revocation times, never a secret."""
-    async with db.session() as session:
-        if await get_org(session, org_id=org_id) is None:
+    async with db.reader() as reader:
+        if await get_org(reader, org_id=org_id) is None:
             _fail(f"no organization {org_id!r}")
+    async with db.session() as session:
         keys = await list_keys(session, org_id=org_id)
     # The prefix is all that identifies a secret here; the secret itself is never stored.
     print(f"{'KEY_ID':<22} {'PREFIX':<14} {'CREATED':<26} REVOKED")

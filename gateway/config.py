@@ -18,6 +18,16 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -26,6 +36,8 @@ class Settings:
     graphql_max_aliases: int = 30
     graphql_max_tokens: int = 2000
     graphiql: bool = True
+    key_cache_seconds: float = 2.0
+    read_pool_size: int = 2
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":
@@ -37,6 +49,8 @@ class Settings:
             "graphql_max_aliases": _env_int("GRAPHQL_MAX_ALIASES", cls.graphql_max_aliases),
             "graphql_max_tokens": _env_int("GRAPHQL_MAX_TOKENS", cls.graphql_max_tokens),
             "graphiql": os.environ.get(ENV_PREFIX + "GRAPHIQL", "1") not in ("0", "false", "no"),
+            "key_cache_seconds": _env_float("KEY_CACHE_SECONDS", cls.key_cache_seconds),
+            "read_pool_size": _env_int("READ_POOL_SIZE", cls.read_pool_size),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from starlette.routing import Route
 
 from gateway.problems import invalid
 from gateway.responses import JSONResponse
-from gateway.rest import _authorized_org, _checked_id, _single_values, parse_window
+from gateway.rest import authorized_org, checked_id, parse_window, single_values
 from storage.counts import CountBy, InvalidCounts, event_counts
 from storage.domain import EventFilter
 
@@ -29,8 +29,8 @@ def _parse_choice(name: str, raw: str, choices: type[Choice]) -> Choice:
 
 async def org_event_counts(request: Request) -> JSONResponse:
     """The org's events in [since, until) grouped by type, status, container, hour or day."""
-    db, org_id = await _authorized_org(request)
-    values = _single_values(request.query_params, COUNT_PARAMETERS)
+    db, org_id = await authorized_org(request)
+    values = single_values(request.query_params, COUNT_PARAMETERS)
     for name in REQUIRED_PARAMETERS:
         if name not in values:
             raise invalid(name, "is required")
@@ -41,7 +41,7 @@ async def org_event_counts(request: Request) -> JSONResponse:
         event_filter = _parse_choice("filter", values["filter"], EventFilter)
     container_id = values.get("container_id")
     if container_id is not None:
-        _checked_id("container_id", container_id)
+        checked_id("container_id", container_id)
     async with db.session() as session:
         try:
             counts = await event_counts(

@@ -145,8 +145,8 @@ async def prepare_demo(db: Database, *, event_count: int) -> tuple[str, str]:
         await _fill(db, generate_events(event_count, now=datetime.now(UTC), rng=random.Random()))
     else:
         print(f"Organization {DEMO_ORG_ID!r} already exists: keeping its events.", file=sys.stderr)
-    async with db.session() as session:
-        newest = (await list_events(session, org_id=DEMO_ORG_ID, page=Page(limit=1))).rows
+    async with db.reader() as reader:
+        newest = (await list_events(reader, org_id=DEMO_ORG_ID, page=Page(limit=1))).rows
     return secret, newest[0].container_id if newest else CONTAINERS[0]
 
 

@@ -10,7 +10,7 @@ from starlette.websockets import WebSocket
 from strawberry import Schema
 from strawberry.asgi import GraphQL
 
-from gateway.auth import CHALLENGE, Unauthenticated, authenticate
+from gateway.auth import CHALLENGE, Authenticator, Unauthenticated
 from gateway.responses import JSONResponse, dumps
 from schema.context import Context
 from storage.database import Database
@@ -26,13 +26,21 @@ def graphql_error(
 class GraphQLApp(GraphQL[Context, None]):
     """Strawberry's view with the gateway's auth; GraphiQL's page itself needs no key."""
 
-    def __init__(self, schema: Schema, *, db: Database, graphiql: bool = True) -> None:
+    def __init__(
+        self,
+        schema: Schema,
+        *,
+        db: Database,
+        authenticator: Authenticator,
+        graphiql: bool = True,
+    ) -> None:
         super().__init__(
             schema,
             graphql_ide="graphiql" if graphiql else None,
             subscription_protocols=(),
         )
         self.db = db
+        self.authenticator = authenticator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,7 +53,7 @@ class GraphQLApp(GraphQL[Context, None]):
     async def _answer(self, request: Request) -> Response:
         if not self._is_ide_page(request):
             try:
-                request.state.org_id = await authenticate(self.db, request.headers)
+                request.state.org_id = await self.authenticator.org_for(request.headers)
             except Unauthenticated as error:
                 return graphql_error(401, str(error), "UNAUTHENTICATED", CHALLENGE)
         try:

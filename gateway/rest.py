@@ -5,13 +5,12 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from sqlalchemy import Row
 from starlette.datastructures import QueryParams
 from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.routing import Route
 
-from gateway.auth import CHALLENGE, Unauthenticated, authenticate
+from gateway.auth import CHALLENGE, Authenticator, Unauthenticated
 from gateway.problems import Problem, invalid
 from gateway.responses import JSONResponse
 from storage.database import Database
@@ -23,7 +22,7 @@ from storage.domain import (
     parse_timestamp,
     validation_errors,
 )
-from storage.events import InvalidPage, Page, Window, list_events, log_event
+from storage.events import EventRecord, InvalidPage, Page, Window, list_events, log_event
 from storage.orgs import get_container
 
 LIST_PARAMETERS = ("limit", "cursor", "since", "until", "order")
@@ -31,7 +30,7 @@ ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ : -"
 FILTER_PATHS = {f"by_{event_filter.value.lower()}": event_filter for event_filter in EventFilter}
 
 
-def event_json(row: Row) -> dict[str, Any]:
+def event_json(row: EventRecord) -> dict[str, Any]:
     """An event as the REST shim shows it."""
     return {
         "id": row.id,
@@ -46,20 +45,21 @@ def event_json(row: Row) -> dict[str, Any]:
     }
 
 
-async def _authorized_org(request: Request) -> tuple[Database, str]:
+async def authorized_org(request: Request) -> tuple[Database, str]:
     """Authenticate, then resolve the path's org: 404 unless it is the key's own org."""
     db: Database = request.app.state.db
+    authenticator: Authenticator = request.app.state.authenticator
     try:
-        key_org_id = await authenticate(db, request.headers)
+        key_org_id = await authenticator.org_for(request.headers)
     except Unauthenticated as error:
         raise Problem(401, str(error), headers=CHALLENGE) from None
-    org_id = _checked_id("org_id", request.path_params["org_id"])
+    org_id = checked_id("org_id", request.path_params["org_id"])
     if org_id != key_org_id:
         raise Problem(404, f"Organization {org_id!r} not found.")
     return db, org_id
 
 
-def _checked_id(field: str, value: str) -> str:
+def checked_id(field: str, value: str) -> str:
     if not is_valid_id(value):
         raise invalid(field, ID_RULE)
     return value
@@ -73,7 +73,7 @@ def _parse_limit(raw: str | None) -> int | None:
     return int(raw)
 
 
-def _single_values(query: QueryParams, allowed: tuple[str, ...]) -> dict[str, str]:
+def single_values(query: QueryParams, allowed: tuple[str, ...]) -> dict[str, str]:
     values: dict[str, str] = {}
     for name, value in query.multi_items():
         if name not in allowed:
@@ -104,7 +104,7 @@ def parse_window(values: dict[str, str]) -> Window:
 
 
 def _parse_listing(query: QueryParams, allowed: tuple[str, ...]) -> tuple[Window, Page, str | None]:
-    values = _single_values(query, allowed)
+    values = single_values(query, allowed)
     window = parse_window(values)
     raw_order = values.get("order", "desc")
     try:
@@ -129,25 +129,28 @@ async def _event_list(
     path_container_id: str | None = None,
 ) -> JSONResponse:
     """One page of events; a container named in the path must exist, one in the query need not."""
-    db, org_id = await _authorized_org(request)
+    db, org_id = await authorized_org(request)
     window, page, container_id = _parse_listing(request.query_params, allowed)
     if path_container_id is not None:
         container_id = path_container_id
     if container_id is not None:
-        _checked_id("container_id", container_id)
-    async with db.session() as session:
-        if path_container_id is not None and not await get_container(
-            session, org_id=org_id, container_id=path_container_id
-        ):
-            raise Problem(404, f"Container {path_container_id!r} not found.")
+        checked_id("container_id", container_id)
+    async with db.reader() as reader:
         found = await list_events(
-            session,
+            reader,
             org_id=org_id,
             event_filter=event_filter,
             container_id=container_id,
             window=window,
             page=page,
         )
+        # A page with events proves the container exists; only an empty one needs a look.
+        if (
+            path_container_id is not None
+            and not found.rows
+            and not await get_container(reader, org_id=org_id, container_id=path_container_id)
+        ):
+            raise Problem(404, f"Container {path_container_id!r} not found.")
     headers = {}
     if found.next_cursor is not None:
         next_url = request.url.include_query_params(cursor=found.next_cursor)
@@ -205,9 +208,9 @@ class ContainerEvents(HTTPEndpoint):
         )
 
     async def post(self, request: Request) -> JSONResponse:
-        db, org_id = await _authorized_org(request)
-        container_id = _checked_id("container_id", request.path_params["container_id"])
-        _single_values(request.query_params, ())
+        db, org_id = await authorized_org(request)
+        container_id = checked_id("container_id", request.path_params["container_id"])
+        single_values(request.query_params, ())
         new_event = _parse_new_event(await request.body())
         async with db.session() as session:
             row = await log_event(

@@ -2,17 +2,21 @@
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import Row
 from strawberry.dataloader import DataLoader
 
 from storage.database import Database
-from storage.orgs import get_containers
+from storage.orgs import ContainerRecord, get_containers
 
 
-def _container_loader(db: Database) -> DataLoader[tuple[str, str], Row | None]:
-    async def load(keys: list[tuple[str, str]]) -> list[Row | None]:
-        async with db.session() as session:
-            found = await get_containers(session, keys=keys)
+def _container_loader(db: Database) -> DataLoader[tuple[str, str], ContainerRecord | None]:
+    async def load(keys: list[tuple[str, str]]) -> list[ContainerRecord | None]:
+        # A request only ever reads its own org, so one statement per org is one in all.
+        found: dict[tuple[str, str], ContainerRecord] = {}
+        async with db.reader() as reader:
+            for org_id in {org_id for org_id, _ in keys}:
+                ids = [container_id for owner, container_id in keys if owner == org_id]
+                rows = await get_containers(reader, org_id=org_id, container_ids=ids)
+                found.update({(org_id, container_id): row for container_id, row in rows.items()})
         return [found.get(key) for key in keys]
 
     return DataLoader(load_fn=load)
@@ -22,7 +26,7 @@ def _container_loader(db: Database) -> DataLoader[tuple[str, str], Row | None]:
 class Context:
     db: Database
     org_id: str | None  # the API key's org: the only one this request may see
-    containers: DataLoader[tuple[str, str], Row | None] = field(init=False)
+    containers: DataLoader[tuple[str, str], ContainerRecord | None] = field(init=False)
 
     def __post_init__(self) -> None:
         self.containers = _container_loader(self.db)

@@ -15,8 +15,8 @@ class Query:
     async def org(self, info: Info[Context, None], id: strawberry.ID) -> Organization | None:
         row = None
         if id == info.context.org_id:
-            async with info.context.db.session() as session:
-                row = await get_org(session, org_id=id)
+            async with info.context.db.reader() as reader:
+                row = await get_org(reader, org_id=id)
         if row is None:
             raise NotFound(f"Organization {id!r} not found.")
         return Organization.from_row(row)

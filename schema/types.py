@@ -4,7 +4,6 @@ from datetime import datetime
 from typing import Annotated, cast
 
 import strawberry
-from sqlalchemy import Row
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
@@ -20,8 +19,8 @@ from schema.enums import EventFilter, EventStatus, EventType, Order
 from schema.errors import BadUserInput, NotFound
 from storage import domain
 from storage.cursors import InvalidCursor, decode_container_cursor
-from storage.events import MAX_PAGE_SIZE, InvalidPage, Page, Window, list_events
-from storage.orgs import get_container, list_containers
+from storage.events import MAX_PAGE_SIZE, EventRecord, InvalidPage, Page, Window, list_events
+from storage.orgs import ContainerRecord, OrgRecord, get_container, list_containers
 
 PAGE_ARGUMENT = {"limit": "first", "cursor": "after"}
 
@@ -78,7 +77,7 @@ class Event:
     org_id: strawberry.Private[str]
 
     @classmethod
-    def from_row(cls, row: Row) -> "Event":
+    def from_row(cls, row: EventRecord) -> "Event":
         return cls(
             id=strawberry.ID(str(row.id)),
             container_id=strawberry.ID(row.container_id),
@@ -137,9 +136,9 @@ async def resolve_events(
     page = _page(first, after, order)
     if container_id is not None and not domain.is_valid_id(container_id):
         raise BadUserInput("containerId is not a valid container id", field="containerId")
-    async with info.context.db.session() as session:
+    async with info.context.db.reader() as reader:
         found = await list_events(
-            session,
+            reader,
             org_id=org_id,
             event_filter=event_filter,
             container_id=container_id,
@@ -168,7 +167,7 @@ class Container:
     org_id: strawberry.Private[str]
 
     @classmethod
-    def from_row(cls, row: Row) -> "Container":
+    def from_row(cls, row: ContainerRecord) -> "Container":
         return cls(
             id=strawberry.ID(row.id),
             created_at=row.created_at,
@@ -223,7 +222,7 @@ class Organization:
     created_at: datetime
 
     @classmethod
-    def from_row(cls, row: Row) -> "Organization":
+    def from_row(cls, row: OrgRecord) -> "Organization":
         return cls(id=strawberry.ID(row.id), name=row.name, created_at=row.created_at)
 
     @strawberry.field(description="The org's events, newest first by default.")
@@ -267,8 +266,8 @@ class Organization:
     async def container(self, info: Info[Context, None], id: strawberry.ID) -> Container | None:
         row = None
         if domain.is_valid_id(id):
-            async with info.context.db.session() as session:
-                row = await get_container(session, org_id=self.id, container_id=id)
+            async with info.context.db.reader() as reader:
+                row = await get_container(reader, org_id=self.id, container_id=id)
         if row is None:
             raise NotFound(f"Container {id!r} not found.")
         return Container.from_row(row)
@@ -287,8 +286,8 @@ class Organization:
             after_id = None if after is None else decode_container_cursor(after)
         except InvalidCursor as error:
             raise BadUserInput(f"after {error}", field="after") from None
-        async with info.context.db.session() as session:
-            found = await list_containers(session, org_id=self.id, limit=limit, after_id=after_id)
+        async with info.context.db.reader() as reader:
+            found = await list_containers(reader, org_id=self.id, limit=limit, after_id=after_id)
         edges = [
             ContainerEdge(cursor=cursor, node=Container.from_row(row))
             for cursor, row in zip(found.cursors, found.rows, strict=True)

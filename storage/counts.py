@@ -7,8 +7,8 @@ from enum import StrEnum
 from sqlalchemy import ColumnElement, DateTime, Integer, String, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.domain import EventFilter, EventStatus
-from storage.events import Window
+from storage.domain import EventFilter
+from storage.events import Window, filter_column
 from storage.models import events
 
 MAX_BUCKETS = 1000
@@ -58,10 +58,9 @@ def _matching(
 ) -> list[ColumnElement[bool]]:
     # The same selection as list_events, so a total always equals the length of the list.
     criteria = [events.c.org_id == org_id]
-    if event_filter is EventFilter.FAIL:
-        criteria.append(events.c.status == EventStatus.FAILURE.value)
-    elif event_filter is not None:
-        criteria.append(events.c.event_type == event_filter.value)
+    if event_filter is not None:
+        column, value = filter_column(event_filter)
+        criteria.append(column == value)
     if container_id is not None:
         criteria.append(events.c.container_id == container_id)
     if window.since is not None:

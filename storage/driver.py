@@ -61,13 +61,14 @@ def compile_query(statement: ClauseElement, dialect: Dialect) -> CompiledQuery:
     binders = {
         name: binder
         for name, bind in compiled.binds.items()
-        if (binder := bind.type.bind_processor(dialect)) is not None
+        if (binder := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
     }
     columns = getattr(statement, "selected_columns", ())
     decoders = tuple(
         (index, decoder)
         for index, column in enumerate(columns)
-        if (decoder := column.type.result_processor(dialect, None)) is not None
+        if (decoder := column.type.dialect_impl(dialect).result_processor(dialect, None))
+        is not None
     )
     return CompiledQuery(
         sql=compiled.string,
@@ -93,10 +94,15 @@ class Reader:
         self, key: Hashable, build: Callable[[], ClauseElement], values: Mapping[str, Any]
     ) -> list[tuple[Any, ...]]:
         """Rows of the statement `build()` makes for `key` (compiled on first use)."""
+        query = self.compiled(key, build)
+        return query.decode(await self._run(query.sql, query.parameters(values)))
+
+    def compiled(self, key: Hashable, build: Callable[[], ClauseElement]) -> CompiledQuery:
+        """The statement for `key`, compiled once per dialect."""
         query = self._cache.get(key)
         if query is None:
             query = self._cache[key] = compile_query(build(), self.dialect)
-        return query.decode(await self._run(query.sql, query.parameters(values)))
+        return query
 
 
 class SQLiteReaderPool:

@@ -3,14 +3,16 @@
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Executable, Row, func, select
+from sqlalchemy import Column, Executable, Integer, Select, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.cursors import InvalidCursor, decode_event_cursor, encode_event_cursor
 from storage.domain import EventFilter, EventStatus, NewEvent, Order
-from storage.models import containers, events, utcnow
+from storage.driver import Reader
+from storage.models import UTCDateTime, containers, events, utcnow
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -54,21 +56,65 @@ class Page:
         return cls(limit=limit, after_id=after_id, order=order)
 
 
+class EventRecord(NamedTuple):
+    """A stored event, as the read functions return it."""
+
+    id: int
+    org_id: str
+    container_id: str
+    event_type: str
+    status: str
+    timestamp: datetime
+    received_at: datetime
+    actor: str | None
+    details: dict[str, Any] | None
+
+
 @dataclass(frozen=True)
 class EventPage:
-    rows: Sequence[Row]
+    rows: Sequence[EventRecord]
     next_cursor: str | None
     cursors: list[str] = field(default_factory=list)
 
 
-def _filter_clause(event_filter: EventFilter) -> ColumnElement[bool]:
+def filter_column(event_filter: EventFilter) -> tuple[Column[str], str]:
+    """The column and value a filter selects: FAIL is any FAILURE status, others an event type."""
     if event_filter is EventFilter.FAIL:
-        return events.c.status == EventStatus.FAILURE.value
-    return events.c.event_type == event_filter.value
+        return events.c.status, EventStatus.FAILURE.value
+    return events.c.event_type, event_filter.value
+
+
+@dataclass(frozen=True)
+class _PageShape:
+    """What varies between page statements; each shape is compiled once per dialect."""
+
+    filter_column: str | None
+    container: bool
+    since: bool
+    until: bool
+    after: bool
+    order: Order
+
+    def statement(self) -> Select[Any]:
+        query = select(events).where(events.c.org_id == bindparam("org_id"))
+        if self.filter_column is not None:
+            query = query.where(events.c[self.filter_column] == bindparam("filter_value"))
+        if self.container:
+            query = query.where(events.c.container_id == bindparam("container_id"))
+        if self.since:
+            query = query.where(events.c.timestamp >= bindparam("since", type_=UTCDateTime))
+        if self.until:
+            query = query.where(events.c.timestamp < bindparam("until", type_=UTCDateTime))
+        descending = self.order is Order.DESC
+        if self.after:
+            after = bindparam("after_id", type_=events.c.id.type)
+            query = query.where(events.c.id < after if descending else events.c.id > after)
+        query = query.order_by(events.c.id.desc() if descending else events.c.id.asc())
+        return query.limit(bindparam("limit", type_=Integer()))
 
 
 async def list_events(
-    session: AsyncSession,
+    reader: Reader,
     *,
     org_id: str,
     event_filter: EventFilter | None = None,
@@ -80,24 +126,26 @@ async def list_events(
 
     Ordered by id, which only grows: paging never skips or repeats while new events arrive.
     """
-    query = select(events).where(events.c.org_id == org_id)
-    if event_filter is not None:
-        query = query.where(_filter_clause(event_filter))
-    if container_id is not None:
-        query = query.where(events.c.container_id == container_id)
-    if window.since is not None:
-        query = query.where(events.c.timestamp >= window.since)
-    if window.until is not None:
-        query = query.where(events.c.timestamp < window.until)
-    if page.order is Order.DESC:
-        if page.after_id is not None:
-            query = query.where(events.c.id < page.after_id)
-        query = query.order_by(events.c.id.desc())
-    else:
-        if page.after_id is not None:
-            query = query.where(events.c.id > page.after_id)
-        query = query.order_by(events.c.id.asc())
-    rows = (await session.execute(query.limit(page.limit + 1))).all()
+    column, value = (None, None) if event_filter is None else filter_column(event_filter)
+    shape = _PageShape(
+        filter_column=None if column is None else column.key,
+        container=container_id is not None,
+        since=window.since is not None,
+        until=window.until is not None,
+        after=page.after_id is not None,
+        order=page.order,
+    )
+    values = {
+        "org_id": org_id,
+        "filter_value": value,
+        "container_id": container_id,
+        "since": window.since,
+        "until": window.until,
+        "after_id": page.after_id,
+        # One more than asked: whether it comes back tells if there is a next page.
+        "limit": page.limit + 1,
+    }
+    rows = [EventRecord._make(row) for row in await reader.fetch(shape, shape.statement, values)]
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]
     cursors = [encode_event_cursor(row.id) for row in rows]
@@ -120,7 +168,7 @@ def _upsert_container(dialect: str, *, org_id: str, container_id: str, at: datet
 
 async def log_events(
     session: AsyncSession, *, org_id: str, items: Sequence[tuple[str, NewEvent]]
-) -> Sequence[Row]:
+) -> list[EventRecord]:
     """Store (container_id, event) pairs in one transaction, registering new containers.
 
     Returns the stored rows in input order, after the commit.
@@ -153,14 +201,14 @@ async def log_events(
     result = await session.execute(
         events.insert().returning(*events.c, sort_by_parameter_order=True), values
     )
-    rows = result.all()
+    rows = [EventRecord._make(row) for row in result.all()]
     await session.commit()
     return rows
 
 
 async def log_event(
     session: AsyncSession, *, org_id: str, container_id: str, new_event: NewEvent
-) -> Row:
+) -> EventRecord:
     """Store one event for a container (registered on first use) and commit it."""
     [row] = await log_events(session, org_id=org_id, items=[(container_id, new_event)])
     return row

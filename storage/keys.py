@@ -3,10 +3,12 @@
 import hashlib
 import secrets
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, Select, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage.driver import Reader
 from storage.models import api_keys, utcnow
 
 KEY_PREFIX = "egw_"
@@ -59,9 +61,13 @@ async def revoke_key(session: AsyncSession, *, key_id: str) -> bool:
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-async def org_for_key(session: AsyncSession, *, secret: str) -> str | None:
-    """The org an active key belongs to, or None for an unknown or revoked key."""
-    query = select(api_keys.c.org_id).where(
-        api_keys.c.key_hash == hash_key(secret), api_keys.c.revoked_at.is_(None)
+def _active_key_org() -> Select[Any]:
+    return select(api_keys.c.org_id).where(
+        api_keys.c.key_hash == bindparam("key_hash"), api_keys.c.revoked_at.is_(None)
     )
-    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def org_for_key(reader: Reader, *, key_hash: str) -> str | None:
+    """The org an active key (given by its hash_key) belongs to; None if unknown or revoked."""
+    rows = await reader.fetch("active_key_org", _active_key_org, {"key_hash": key_hash})
+    return rows[0][0] if rows else None

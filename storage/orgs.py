@@ -2,14 +2,30 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import Row, select, tuple_
+from sqlalchemy import Integer, Row, Select, String, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.cursors import encode_container_cursor
+from storage.driver import Reader
 from storage.keys import add_key
 from storage.models import containers, organizations, utcnow
+
+
+class OrgRecord(NamedTuple):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class ContainerRecord(NamedTuple):
+    org_id: str
+    id: str
+    created_at: datetime
+    last_event_at: datetime | None
 
 
 class OrganizationExists(Exception):
@@ -34,41 +50,73 @@ async def create_org(
     return key, secret
 
 
-async def get_org(session: AsyncSession, *, org_id: str) -> Row | None:
-    query = select(organizations).where(organizations.c.id == org_id)
-    return (await session.execute(query)).one_or_none()
+def _org_by_id() -> Select[Any]:
+    return select(organizations).where(organizations.c.id == bindparam("org_id"))
 
 
-async def get_container(session: AsyncSession, *, org_id: str, container_id: str) -> Row | None:
-    query = select(containers).where(containers.c.org_id == org_id, containers.c.id == container_id)
-    return (await session.execute(query)).one_or_none()
+def _container_by_id() -> Select[Any]:
+    return select(containers).where(
+        containers.c.org_id == bindparam("org_id"), containers.c.id == bindparam("container_id")
+    )
+
+
+async def get_org(reader: Reader, *, org_id: str) -> OrgRecord | None:
+    rows = await reader.fetch("org_by_id", _org_by_id, {"org_id": org_id})
+    return OrgRecord._make(rows[0]) if rows else None
+
+
+async def get_container(
+    reader: Reader, *, org_id: str, container_id: str
+) -> ContainerRecord | None:
+    values = {"org_id": org_id, "container_id": container_id}
+    rows = await reader.fetch("container_by_id", _container_by_id, values)
+    return ContainerRecord._make(rows[0]) if rows else None
 
 
 async def get_containers(
-    session: AsyncSession, *, keys: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], Row]:
-    """Containers by (org_id, container_id) in one statement."""
-    if not keys:
+    reader: Reader, *, org_id: str, container_ids: Sequence[str]
+) -> dict[str, ContainerRecord]:
+    """An org's containers by id, in one statement."""
+    wanted = sorted(set(container_ids))
+    if not wanted:
         return {}
-    query = select(containers).where(tuple_(containers.c.org_id, containers.c.id).in_(set(keys)))
-    return {(row.org_id, row.id): row for row in (await session.execute(query)).all()}
+    # Statements are compiled once per shape: round the id count up to a power of two
+    # (repeating the last id) so a handful of shapes serve every page size.
+    size = 1 << (len(wanted) - 1).bit_length()
+    values: dict[str, Any] = {"org_id": org_id}
+    values.update({f"id_{i}": wanted[min(i, len(wanted) - 1)] for i in range(size)})
+
+    def statement() -> Select[Any]:
+        ids = [bindparam(f"id_{i}", type_=String()) for i in range(size)]
+        return select(containers).where(
+            containers.c.org_id == bindparam("org_id"), containers.c.id.in_(ids)
+        )
+
+    rows = await reader.fetch(("containers_by_ids", size), statement, values)
+    return {row[1]: ContainerRecord._make(row) for row in rows}
 
 
 @dataclass(frozen=True)
 class ContainerPage:
-    rows: Sequence[Row]
+    rows: Sequence[ContainerRecord]
     next_cursor: str | None
     cursors: list[str]
 
 
 async def list_containers(
-    session: AsyncSession, *, org_id: str, limit: int, after_id: str | None = None
+    reader: Reader, *, org_id: str, limit: int, after_id: str | None = None
 ) -> ContainerPage:
     """An org's containers in id order, one keyset page at a time."""
-    query = select(containers).where(containers.c.org_id == org_id)
-    if after_id is not None:
-        query = query.where(containers.c.id > after_id)
-    rows = (await session.execute(query.order_by(containers.c.id).limit(limit + 1))).all()
+
+    def statement() -> Select[Any]:
+        query = select(containers).where(containers.c.org_id == bindparam("org_id"))
+        if after_id is not None:
+            query = query.where(containers.c.id > bindparam("after_id"))
+        return query.order_by(containers.c.id).limit(bindparam("limit", type_=Integer()))
+
+    values = {"org_id": org_id, "after_id": after_id, "limit": limit + 1}
+    fetched = await reader.fetch(("containers", after_id is not None), statement, values)
+    rows = [ContainerRecord._make(row) for row in fetched]
     has_more = len(rows) > limit
     rows = rows[:limit]
     cursors = [encode_container_cursor(row.id) for row in rows]

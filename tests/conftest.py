@@ -42,7 +42,8 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 
 @pytest.fixture
 def app(db: Database) -> Starlette:
-    return create_app(Settings(database_url=db.url), db=db)
+    # No key cache: tests revoke keys and expect the very next request to be refused.
+    return create_app(Settings(database_url=db.url, key_cache_seconds=0), db=db)
 
 
 @pytest.fixture

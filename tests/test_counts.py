@@ -13,7 +13,7 @@ from storage.domain import EventFilter, EventStatus, EventType
 from storage.events import Page, Window, list_events
 from tests.factories import BASE_TIME, auth, make_events
 from tests.rest_assertions import assert_problem
-from tests.sql_statements import CountStatements
+from tests.sql_statements import SQLStatements
 from tests.test_openapi import COUNTS_PATH, assert_documented
 
 COUNTS = "/orgs/acme/events/counts"
@@ -59,10 +59,10 @@ async def counted(db: Database, by: CountBy, window: Window = DAY_WINDOW, **opti
 async def listed(db: Database, **arguments: Any) -> int:
     """How many events list_events returns, walked page by page."""
     seen, cursor = 0, None
-    async with db.session() as session:
+    async with db.reader() as reader:
         while True:
             page = Page.parse(limit=4, cursor=cursor)
-            found = await list_events(session, org_id="acme", page=page, **arguments)
+            found = await list_events(reader, org_id="acme", page=page, **arguments)
             seen += len(found.rows)
             if found.next_cursor is None:
                 return seen
@@ -281,11 +281,11 @@ async def test_bad_input_answers_400_naming_the_field_before_any_counting(
 ):
     await make_events(db, "acme", TIMED)
 
-    with CountStatements(db) as seen:
+    with SQLStatements(db) as seen:
         answer = await get_counts(client, acme_key, **params)
 
     assert_problem(answer, 400, field)
-    assert seen.statements == []
+    assert seen.counts == []
 
 
 async def test_a_repeated_parameter_answers_400(client, acme_key):

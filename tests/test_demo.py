@@ -19,7 +19,7 @@ from gateway.demo import (
 from storage.database import Database
 from storage.domain import EventStatus, EventType
 from storage.events import Page, list_events
-from storage.keys import org_for_key
+from storage.keys import hash_key, org_for_key
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -88,9 +88,11 @@ async def test_rerunning_the_demo_keeps_its_events_and_makes_a_fresh_key(tmp_pat
     try:
         first_key, container_id = await prepare_demo(db, event_count=120)
         second_key, _ = await prepare_demo(db, event_count=120)
-        async with db.session() as session:
-            stored = await list_events(session, org_id=DEMO_ORG_ID, page=Page(limit=1000))
-            owners = {await org_for_key(session, secret=key) for key in (first_key, second_key)}
+        async with db.reader() as reader:
+            stored = await list_events(reader, org_id=DEMO_ORG_ID, page=Page(limit=1000))
+            owners = {
+                await org_for_key(reader, key_hash=hash_key(key)) for key in (first_key, second_key)
+            }
     finally:
         await db.dispose()
 

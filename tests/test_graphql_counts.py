@@ -9,7 +9,7 @@ from storage.counts import CountBy
 from storage.domain import EventFilter
 from tests.factories import BASE_TIME, auth, make_events
 from tests.graphql_client import graphql_data, only_error, post_graphql
-from tests.sql_statements import CountStatements
+from tests.sql_statements import SQLStatements
 from tests.test_counts import DAY, MIXED, TIMED
 
 ORG_EVENTS = """
@@ -103,13 +103,13 @@ async def test_a_containers_total_count_counts_only_that_container(client, db, a
 async def test_total_count_is_not_computed_unless_selected(client, db, acme_key):
     await make_events(db, "acme", MIXED)
 
-    with CountStatements(db) as unselected:
+    with SQLStatements(db) as unselected:
         await graphql_data(client, acme_key, PAGE_ONLY, {"filter": "ACCESS"})
-    with CountStatements(db) as selected:
+    with SQLStatements(db) as selected:
         await graphql_data(client, acme_key, ORG_EVENTS, {"filter": "ACCESS"})
 
-    assert unselected.statements == []
-    assert len(selected.statements) == 1
+    assert unselected.counts == []
+    assert len(selected.counts) == 1
 
 
 @pytest.mark.parametrize("by", list(CountBy))
@@ -164,11 +164,11 @@ async def test_bad_input_is_bad_user_input_naming_the_argument_before_any_counti
     await make_events(db, "acme", TIMED)
     variables = {**DAY, "by": "DAY", **overrides}
 
-    with CountStatements(db) as seen:
+    with SQLStatements(db) as seen:
         answer = await post_graphql(client, acme_key, EVENT_COUNTS, variables)
 
     assert only_error(answer)["extensions"] == {"code": "BAD_USER_INPUT", "field": field}
-    assert seen.statements == []
+    assert seen.counts == []
 
 
 @pytest.mark.parametrize("variables", [{"by": "WEEK"}, {"by": "TYPE", "since": None}])

@@ -1,15 +1,17 @@
 """Storage behaviour both REST and GraphQL rely on."""
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from storage.database import Database, normalize_url
 from storage.domain import EventFilter, Order
+from storage.driver import Reader
 from storage.events import Page, Window, list_events
-from storage.keys import create_key, org_for_key, revoke_key
+from storage.keys import create_key, hash_key, org_for_key, revoke_key
 from storage.models import api_keys
 from storage.orgs import get_container
 from tests.factories import count_events, make_events, make_org
@@ -35,8 +37,8 @@ async def test_timestamps_are_stored_in_utc_whatever_offset_was_given(db: Databa
     await make_org(db, "acme")
     plus_two = datetime(2023, 11, 18, 14, 0, tzinfo=timezone(timedelta(hours=2)))
     await make_events(db, "acme", [("c1", {"timestamp": plus_two})])
-    async with db.session() as session:
-        [row] = (await list_events(session, org_id="acme")).rows
+    async with db.reader() as reader:
+        [row] = (await list_events(reader, org_id="acme")).rows
     assert row.timestamp == datetime(2023, 11, 18, 12, 0, tzinfo=UTC)
     assert row.timestamp.tzinfo is not None and row.received_at.tzinfo is not None
 
@@ -47,8 +49,8 @@ async def test_container_is_registered_once_and_keeps_its_latest_event_time(db: 
     early = datetime(2023, 1, 1, tzinfo=UTC)
     await make_events(db, "acme", [("c1", {"timestamp": late})])
     await make_events(db, "acme", [("c1", {"timestamp": early})])
-    async with db.session() as session:
-        container = await get_container(session, org_id="acme", container_id="c1")
+    async with db.reader() as reader:
+        container = await get_container(reader, org_id="acme", container_id="c1")
     assert container is not None and container.last_event_at == late
 
 
@@ -56,8 +58,8 @@ async def test_window_is_inclusive_since_and_exclusive_until(db: Database) -> No
     await make_org(db, "acme")
     rows = await make_events(db, "acme", [("c1", {}) for _ in range(5)])
     window = Window(since=rows[1].timestamp, until=rows[3].timestamp)
-    async with db.session() as session:
-        found = await list_events(session, org_id="acme", window=window, page=Page(order=Order.ASC))
+    async with db.reader() as reader:
+        found = await list_events(reader, org_id="acme", window=window, page=Page(order=Order.ASC))
     assert [row.id for row in found.rows] == [rows[1].id, rows[2].id]
 
 
@@ -69,9 +71,10 @@ async def test_api_keys_are_stored_only_as_hashes_and_stop_working_when_revoked(
         key, secret = await create_key(session, org_id="acme")
         stored = (await session.execute(select(api_keys))).all()
         assert all(secret not in row.key_hash and secret != row.prefix for row in stored)
-        assert await org_for_key(session, secret=secret) == "acme"
-        assert await revoke_key(session, key_id=key.id)
-        assert await org_for_key(session, secret=secret) is None
+        async with db.reader() as reader:
+            assert await org_for_key(reader, key_hash=hash_key(secret)) == "acme"
+            assert await revoke_key(session, key_id=key.id)
+            assert await org_for_key(reader, key_hash=hash_key(secret)) is None
         assert not await revoke_key(session, key_id=key.id)
 
 
@@ -100,20 +103,21 @@ async def test_every_read_path_is_an_index_range_scan_without_sorting(
     await db.create_schema()
     await make_org(db, "acme")
     await make_events(db, "acme", [("c1", {}), ("c2", {"status": "FAILURE"})])
-    sent: list[tuple[str, tuple]] = []
+    sent: list[tuple[str, list[Any]]] = []
 
-    def remember(_conn, _cursor, statement, parameters, _context, _many) -> None:  # noqa: ANN001
-        sent.append((statement, parameters))
+    async def remember(sql: str, parameters: list[Any]) -> list[Any]:
+        sent.append((sql, parameters))
+        return []
 
-    event.listen(db.engine.sync_engine, "before_cursor_execute", remember)
-    async with db.session() as session:
+    async with db.reader() as reader:
+        # The same reader, recording instead of running, shows the exact statement sent.
+        recorder = Reader(remember, reader.dialect, {})
         page = Page(limit=10, after_id=2, order=order)
-        await list_events(session, org_id="acme", page=page, **READ_PATHS[path])
-    event.remove(db.engine.sync_engine, "before_cursor_execute", remember)
-    statement, parameters = sent[-1]
+        await list_events(recorder, org_id="acme", page=page, **READ_PATHS[path])
+    [(statement, parameters)] = sent
     async with db.engine.connect() as connection:
         plan = (
-            await connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            await connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, tuple(parameters))
         ).all()
     await db.dispose()
     details = " | ".join(row[-1] for row in plan)
