@@ -1,0 +1,1 @@
+"""Benchmarks that print figures: bulk loading, read latency, HTTP throughput."""

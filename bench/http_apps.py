@@ -1,0 +1,135 @@
+"""The comparison servers of bench/http.py, each an ASGI app uvicorn can import.
+
+- `ceiling`: a plain Starlette endpoint returning a constant JSON body, the most a Python
+  ASGI server here can answer.
+- `raw_driver`: the same 100-event page the gateway serves, read with aiosqlite and encoded
+  with orjson, with no auth and no conversion: the floor of what storage costs.
+- `default_strawberry`: a default Strawberry app over the same storage, the way a first
+  version is written (SQLAlchemy's async session, async resolvers, no parser or validation
+  caches, the standard JSON encoder). The gateway's GraphQL is compared against it.
+
+The page and the database come from the environment (BENCH_DATABASE, BENCH_ORG).
+"""
+
+import os
+from datetime import datetime
+from typing import Any
+
+import aiosqlite
+import orjson
+import strawberry
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlmodel import col, select
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from strawberry.asgi import GraphQL
+from strawberry.scalars import JSON
+
+from storage.domain import Order
+from storage.driver import compile_query
+from storage.events import PageShape
+from storage.models import Event as EventModel
+
+DATABASE = os.environ.get("BENCH_DATABASE", "bench/data/events-100000.db")
+ORG_ID = os.environ.get("BENCH_ORG", "bench")
+PAGE_SIZE = 100
+
+CONSTANT = orjson.dumps({"events": [], "next_cursor": None, "message": "constant"})
+
+
+async def constant(_request: Request) -> Response:
+    return Response(CONSTANT, media_type="application/json")
+
+
+ceiling = Starlette(routes=[Route("/", constant)])
+
+
+# The statement the gateway runs for the same page, compiled by storage, run without it.
+_PAGE = compile_query(
+    PageShape(None, False, False, False, False, Order.DESC).statement("sqlite"), sqlite.dialect()
+)
+_COLUMNS = (
+    "id",
+    "org_id",
+    "container_id",
+    "event_type",
+    "status",
+    "timestamp",
+    "received_at",
+    "actor",
+    "details",
+)
+_connection: aiosqlite.Connection | None = None
+
+
+async def raw_page(_request: Request) -> Response:
+    global _connection
+    if _connection is None:
+        _connection = await aiosqlite.connect(DATABASE)
+    rows = await _connection.execute_fetchall(
+        _PAGE.sql, _PAGE.parameters({"org_id": ORG_ID, "limit": PAGE_SIZE})
+    )
+    body = {"events": [dict(zip(_COLUMNS, row, strict=True)) for row in rows]}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+raw_driver = Starlette(routes=[Route("/", raw_page)])
+
+
+_engine = create_async_engine(f"sqlite+aiosqlite:///{DATABASE}")
+_sessions = async_sessionmaker(_engine, expire_on_commit=False)
+
+
+@strawberry.type
+class BaselineEvent:
+    id: strawberry.ID
+    container_id: str
+    event_type: str
+    status: str
+    timestamp: datetime
+    received_at: datetime
+    actor: str | None
+    details: JSON | None
+
+
+@strawberry.type
+class BaselineOrganization:
+    id: strawberry.ID
+
+    @strawberry.field
+    async def events(self, first: int = 100) -> list[BaselineEvent]:
+        session: AsyncSession
+        async with _sessions() as session:
+            query = (
+                select(EventModel)
+                .where(EventModel.org_id == str(self.id))
+                .order_by(col(EventModel.id).desc())
+                .limit(first)
+            )
+            found = (await session.execute(query)).scalars().all()
+        return [
+            BaselineEvent(
+                id=strawberry.ID(str(event.id)),
+                container_id=event.container_id,
+                event_type=event.event_type,
+                status=event.status,
+                timestamp=event.timestamp,
+                received_at=event.received_at,
+                actor=event.actor,
+                details=event.details,
+            )
+            for event in found
+        ]
+
+
+@strawberry.type
+class BaselineQuery:
+    @strawberry.field
+    async def org(self, id: strawberry.ID) -> BaselineOrganization:
+        return BaselineOrganization(id=id)
+
+
+default_strawberry: Any = GraphQL(strawberry.Schema(query=BaselineQuery))
