@@ -3,6 +3,7 @@
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
+    AddValidationRules,
     MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
@@ -28,14 +29,19 @@ def build_schema(
     *, max_depth: int = 10, max_aliases: int = 30, max_tokens: int = 2000
 ) -> GatewaySchema:
     """The gateway's schema; the limits guard against hostile documents."""
+    # Each limiter makes new rule classes when constructed. The validation cache is keyed by
+    # the rules, so they are made once here: per request they would miss the cache every time.
+    limit_rules = [
+        *QueryDepthLimiter(max_depth=max_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
+    ]
     return GatewaySchema(
         query=Query,
         mutation=Mutation,
         extensions=[
             ErrorCodes,
             lambda: MaxTokensLimiter(max_token_count=max_tokens),
-            lambda: QueryDepthLimiter(max_depth=max_depth),
-            lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
+            lambda: AddValidationRules(limit_rules),
             lambda: ParserCache(maxsize=256),
             lambda: ValidationCache(maxsize=256),
         ],

@@ -18,8 +18,16 @@ from schema.counts import (
 from schema.enums import EventFilter, EventStatus, EventType, Order
 from schema.errors import BadUserInput, NotFound
 from storage import domain
-from storage.cursors import InvalidCursor, decode_container_cursor
-from storage.events import MAX_PAGE_SIZE, EventRecord, InvalidPage, Page, Window, list_events
+from storage.cursors import InvalidCursor, decode_container_cursor, encode_event_cursor
+from storage.events import (
+    MAX_PAGE_SIZE,
+    EventPage,
+    EventRecord,
+    InvalidPage,
+    Page,
+    Window,
+    list_events,
+)
 from storage.orgs import ContainerRecord, OrgRecord, get_container, list_containers
 
 PAGE_ARGUMENT = {"limit": "first", "cursor": "after"}
@@ -106,9 +114,22 @@ class EventEdge:
 
 @strawberry.type
 class EventConnection:
-    edges: list[EventEdge]
-    page_info: PageInfo
+    found: strawberry.Private[EventPage]
+    after: strawberry.Private[str | None]
     query: strawberry.Private[EventQuery]
+
+    @strawberry.field
+    def edges(self) -> list[EventEdge]:
+        return [
+            EventEdge(cursor=encode_event_cursor(row.id), node=Event.from_row(row))
+            for row in self.found.rows
+        ]
+
+    @strawberry.field
+    def page_info(self) -> PageInfo:
+        rows = self.found.rows
+        cursors = [encode_event_cursor(row.id) for row in (rows[0], rows[-1])] if rows else []
+        return _page_info(cursors, self.found.next_cursor, self.after)
 
     @strawberry.field(description="How many events match over all pages; counted only if asked.")
     async def total_count(self, info: Info[Context, None]) -> int:
@@ -116,7 +137,7 @@ class EventConnection:
 
     @strawberry.field(description="The events of this page, without their cursors.")
     def nodes(self) -> list[Event]:
-        return [edge.node for edge in self.edges]
+        return [Event.from_row(row) for row in self.found.rows]
 
 
 async def resolve_events(
@@ -145,14 +166,8 @@ async def resolve_events(
             window=window,
             page=page,
         )
-    edges = [
-        EventEdge(cursor=cursor, node=Event.from_row(row))
-        for cursor, row in zip(found.cursors, found.rows, strict=True)
-    ]
     return EventConnection(
-        edges=edges,
-        page_info=_page_info(found.cursors, found.next_cursor, after),
-        query=EventQuery(org_id, event_filter, container_id, window),
+        found=found, after=after, query=EventQuery(org_id, event_filter, container_id, window)
     )
 
 

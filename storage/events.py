@@ -1,7 +1,7 @@
 """Reading and writing events: keyset pages over the read-path indexes, atomic writes."""
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -85,7 +85,6 @@ class EventRecord(NamedTuple):
 class EventPage:
     rows: Sequence[EventRecord]
     next_cursor: str | None
-    cursors: list[str] = field(default_factory=list)
 
 
 def filter_column(event_filter: EventFilter) -> tuple[Column[str], str]:
@@ -196,8 +195,9 @@ async def list_events(
     rows = [EventRecord._make(row) for row in await reader.fetch(shape, statement, values)]
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]
-    cursors = [encode_event_cursor(row.id) for row in rows]
-    return EventPage(rows=rows, next_cursor=cursors[-1] if has_more else None, cursors=cursors)
+    # Only the last row's cursor is encoded here; GraphQL edges encode theirs when asked.
+    next_cursor = encode_event_cursor(rows[-1].id) if has_more else None
+    return EventPage(rows=rows, next_cursor=next_cursor)
 
 
 def _upsert_container(dialect: str, *, org_id: str, container_id: str, at: datetime) -> Executable:
