@@ -19,7 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.load import default_database_path, key_path, load, read_manifest
@@ -75,6 +75,15 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    peak_rss_mib: float = 0.0
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (Linux VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _free_port() -> int:
@@ -84,7 +93,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serving(target: Target, env: dict[str, str]) -> Iterator[str]:
+def serving(target: Target, env: dict[str, str]) -> Iterator[tuple[str, int]]:
     port = _free_port()
     command = [
         sys.executable,
@@ -117,7 +126,7 @@ def serving(target: Target, env: dict[str, str]) -> Iterator[str]:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError(f"{target.name} did not start") from None
                 time.sleep(0.1)
-        yield base
+        yield base, server.pid
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -201,20 +210,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     results: dict[str, Result] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for target in targets(manifest.org_id):
-            with serving(target, env) as base:
+            with serving(target, env) as (base, pid):
                 script = _wrk_script(target, key, Path(scratch))
-                results[target.name] = measure(
+                result = measure(
                     base + target.path, script, seconds=args.seconds, connections=args.connections
                 )
+                results[target.name] = replace(result, peak_rss_mib=peak_rss_mib(pid))
     ceiling = results["ceiling: constant JSON"].requests_per_second
     floor = results["floor: raw aiosqlite + orjson"].requests_per_second
     header = f"{'target':32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'/ceiling':>9} {'/floor':>7}"
-    print(f"\n{header} errors")
+    print(f"\n{header} {'peak RSS MiB':>12} errors")
     for name, result in results.items():
         print(
             f"{name:32} {result.requests_per_second:9.0f} {result.p50_ms:8.2f} "
             f"{result.p99_ms:8.2f} {result.requests_per_second / ceiling:9.2f} "
-            f"{result.requests_per_second / floor:7.2f} {result.errors}"
+            f"{result.requests_per_second / floor:7.2f} {result.peak_rss_mib:12.1f} {result.errors}"
         )
     rest = results["REST shim page"].requests_per_second
     graphql = results["GraphQL, gateway"].requests_per_second
