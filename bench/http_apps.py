@@ -32,6 +32,7 @@ from storage.domain import Order
 from storage.driver import compile_query
 from storage.events import PageShape
 from storage.models import Event as EventModel
+from storage.models import events
 
 DATABASE = os.environ.get("BENCH_DATABASE", "bench/data/events-100000.db")
 ORG_ID = os.environ.get("BENCH_ORG", "bench")
@@ -51,17 +52,7 @@ ceiling = Starlette(routes=[Route("/", constant)])
 _PAGE = compile_query(
     PageShape(None, False, False, False, False, Order.DESC).statement("sqlite"), sqlite.dialect()
 )
-_COLUMNS = (
-    "id",
-    "org_id",
-    "container_id",
-    "event_type",
-    "status",
-    "timestamp",
-    "received_at",
-    "actor",
-    "details",
-)
+_COLUMNS = tuple(events.c.keys())
 _connection: aiosqlite.Connection | None = None
 
 
