@@ -1,30 +1,16 @@
 """GET /orgs/{org_id}/events/counts: the REST twin of Organization.eventCounts."""
 
-from enum import StrEnum
-from typing import TypeVar
-
 from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.problems import invalid
 from gateway.responses import JSONResponse
-from gateway.rest import authorized_org, checked_id, parse_window, single_values
+from gateway.rest import authorized_org, checked_id, parse_choice, parse_window, single_values
 from storage.counts import CountBy, InvalidCounts, event_counts
 from storage.domain import EventFilter
 
 COUNT_PARAMETERS = ("since", "until", "by", "filter", "container_id")
 REQUIRED_PARAMETERS = ("since", "until", "by")
-
-Choice = TypeVar("Choice", bound=StrEnum)
-
-
-def _parse_choice(name: str, raw: str, choices: type[Choice]) -> Choice:
-    # ASCII only, or str.upper() would turn look-alikes such as "ſtatus" into "STATUS".
-    try:
-        return choices(raw.upper() if raw.isascii() else raw)
-    except ValueError:
-        names = ", ".join(member.value.lower() for member in choices)
-        raise invalid(name, f"must be one of {names}; case does not matter") from None
 
 
 async def org_event_counts(request: Request) -> JSONResponse:
@@ -35,10 +21,10 @@ async def org_event_counts(request: Request) -> JSONResponse:
         if name not in values:
             raise invalid(name, "is required")
     window = parse_window(values)
-    by = _parse_choice("by", values["by"], CountBy)
+    by = parse_choice("by", values["by"], CountBy)
     event_filter = None
     if "filter" in values:
-        event_filter = _parse_choice("filter", values["filter"], EventFilter)
+        event_filter = parse_choice("filter", values["filter"], EventFilter)
     container_id = values.get("container_id")
     if container_id is not None:
         checked_id("container_id", container_id)

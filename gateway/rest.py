@@ -1,7 +1,8 @@
 """The REST shim: the legacy specification's eight routes at their exact paths."""
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import ValidationError
@@ -18,6 +19,7 @@ from storage.domain import (
     EventFilter,
     NewEvent,
     Order,
+    enum_name,
     is_valid_id,
     parse_timestamp,
     validation_errors,
@@ -27,6 +29,7 @@ from storage.orgs import get_container
 
 LIST_PARAMETERS = ("limit", "cursor", "since", "until", "order")
 ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ : -"
+Choice = TypeVar("Choice", bound=StrEnum)
 FILTER_PATHS = {f"by_{event_filter.value.lower()}": event_filter for event_filter in EventFilter}
 
 
@@ -73,6 +76,15 @@ def _parse_limit(raw: str | None) -> int | None:
     return int(raw)
 
 
+def parse_choice(name: str, raw: str, choices: type[Choice]) -> Choice:
+    """An enum-valued query parameter, matched without case, or a 400 naming it."""
+    try:
+        return choices(str(enum_name(raw)))
+    except ValueError:
+        names = ", ".join(member.value.lower() for member in choices)
+        raise invalid(name, f"must be one of {names}; case does not matter") from None
+
+
 def single_values(query: QueryParams, allowed: tuple[str, ...]) -> dict[str, str]:
     values: dict[str, str] = {}
     for name, value in query.multi_items():
@@ -106,12 +118,7 @@ def parse_window(values: dict[str, str]) -> Window:
 def _parse_listing(query: QueryParams, allowed: tuple[str, ...]) -> tuple[Window, Page, str | None]:
     values = single_values(query, allowed)
     window = parse_window(values)
-    raw_order = values.get("order", "desc")
-    try:
-        # ASCII only, or str.upper() would turn look-alikes such as "deſc" into "DESC".
-        order = Order(raw_order.upper() if raw_order.isascii() else raw_order)
-    except ValueError:
-        raise invalid("order", "must be 'desc' or 'asc'") from None
+    order = parse_choice("order", values.get("order", "desc"), Order)
     try:
         page = Page.parse(
             limit=_parse_limit(values.get("limit")), cursor=values.get("cursor"), order=order

@@ -75,8 +75,8 @@ def parse_timestamp(value: object) -> datetime:
         raise ValueError("must fall between years 1 and 9999 in UTC") from None
 
 
-def _upper_enum_name(value: object) -> object:
-    # Legacy clients send "access" as often as "ACCESS"; enum names are matched without case.
+def enum_name(value: object) -> object:
+    """A client's enum name in the case the enums use: they are matched without case."""
     # ASCII only: str.upper() would also turn look-alikes such as "ſuccess" into "SUCCESS".
     return value.upper() if isinstance(value, str) and value.isascii() else value
 
@@ -95,7 +95,7 @@ class NewEvent(BaseModel):
     @field_validator("event_type", "status", mode="before")
     @classmethod
     def _enum_without_case(cls, value: object) -> object:
-        return _upper_enum_name(value)
+        return enum_name(value)
 
     @field_validator("timestamp", mode="before")
     @classmethod
