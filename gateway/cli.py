@@ -14,7 +14,7 @@ from gateway.app import create_app
 from gateway.config import Settings
 from gateway.demo import run_demo
 from storage.database import Database, normalize_url
-from storage.domain import is_valid_id
+from storage.domain import ID_RULE, is_valid_id
 from storage.keys import create_key, list_keys, revoke_key
 from storage.orgs import OrganizationExists, create_org, get_org
 
@@ -48,7 +48,7 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
 async def orgs_create(db: Database, org_id: str, name: str | None) -> None:
     """Create an org and its first key; the key alone goes to stdout."""
     if not is_valid_id(org_id):
-        _fail("ORG_ID must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+        _fail(f"ORG_ID {ID_RULE}")
     async with db.session() as session:
         try:
             key, secret = await create_org(session, org_id=org_id, name=name)

@@ -16,6 +16,7 @@ from gateway.problems import Problem, invalid
 from gateway.responses import JSONResponse
 from storage.database import Database
 from storage.domain import (
+    ID_RULE,
     EventFilter,
     NewEvent,
     Order,
@@ -28,7 +29,6 @@ from storage.events import EventRecord, InvalidPage, Page, Window, list_events, 
 from storage.orgs import get_container
 
 LIST_PARAMETERS = ("limit", "cursor", "since", "until", "order")
-ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ : -"
 Choice = TypeVar("Choice", bound=StrEnum)
 FILTER_PATHS = {f"by_{event_filter.value.lower()}": event_filter for event_filter in EventFilter}
 

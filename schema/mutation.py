@@ -8,7 +8,7 @@ from schema.context import Context
 from schema.errors import BadUserInput, NotFound
 from schema.inputs import ContainerEventInput, LogContainerEventPayload
 from schema.types import Event
-from storage.domain import NewEvent, is_valid_id, validation_errors
+from storage.domain import ID_RULE, NewEvent, is_valid_id, validation_errors
 from storage.events import log_event
 
 _GRAPHQL_FIELD = {"event_type": "eventType"}
@@ -42,9 +42,7 @@ class Mutation:
         if org_id != info.context.org_id:
             raise NotFound(f"Organization {org_id!r} not found.")
         if not is_valid_id(container_id):
-            raise BadUserInput(
-                "containerId must be 1-128 characters of A-Z a-z 0-9 . _ : -", field="containerId"
-            )
+            raise BadUserInput(f"containerId {ID_RULE}", field="containerId")
         new_event = _new_event(event)
         async with info.context.db.session() as session:
             row = await log_event(

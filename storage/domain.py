@@ -9,6 +9,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ : -"
 # RFC 3339 date-time (section 5.6), the offset optional here so a naive time gets its own message.
 # fromisoformat alone would also take ISO 8601 forms such as week dates and comma fractions.
 RFC3339_PATTERN = re.compile(
