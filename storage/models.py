@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    ForeignKey,
     ForeignKeyConstraint,
     Index,
     Integer,
@@ -99,6 +100,34 @@ class Event(SQLModel, table=True):
     details: dict[str, Any] | None = Field(default=None, sa_type=JSON)
 
 
+class EventZone(SQLModel, table=True):
+    """The id range of an org's events stamped within one minute or one hour (storage/windows.py).
+
+    Events stamped long before or after they were received are left out (see LateEvent), so a
+    zone's ids stay as close together as the events' arrival.
+    """
+
+    __tablename__ = "event_zones"
+
+    org_id: str = Field(primary_key=True, max_length=128)
+    span_seconds: int = Field(primary_key=True)
+    start: datetime = Field(primary_key=True, sa_type=UTCDateTime)
+    min_id: int = Field(sa_type=EventId)
+    max_id: int = Field(sa_type=EventId)
+
+
+class LateEvent(SQLModel, table=True):
+    """An event whose timestamp is far from when it was received: a window page reads these
+    beside its zones' id range (storage/windows.py)."""
+
+    __tablename__ = "late_events"
+    __table_args__ = (Index("ix_late_events_org_time", "org_id", "timestamp", "id"),)
+
+    id: int = Field(sa_column=Column(EventId, ForeignKey("events.id"), primary_key=True))
+    org_id: str = Field(max_length=128)
+    timestamp: datetime = Field(sa_type=UTCDateTime)
+
+
 class ApiKey(SQLModel, table=True):
     __tablename__ = "api_keys"
 
@@ -114,4 +143,6 @@ class ApiKey(SQLModel, table=True):
 organizations: Table = Organization.__table__  # type: ignore[attr-defined]
 containers: Table = Container.__table__  # type: ignore[attr-defined]
 events: Table = Event.__table__  # type: ignore[attr-defined]
+event_zones: Table = EventZone.__table__  # type: ignore[attr-defined]
+late_events: Table = LateEvent.__table__  # type: ignore[attr-defined]
 api_keys: Table = ApiKey.__table__  # type: ignore[attr-defined]
