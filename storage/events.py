@@ -1,7 +1,7 @@
 """Reading and writing events: keyset pages over the read-path indexes, atomic writes."""
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -16,14 +16,16 @@ from sqlalchemy import (
     literal_column,
     select,
     type_coerce,
+    union,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import windows
 from storage.cursors import InvalidCursor, decode_event_cursor, encode_event_cursor
 from storage.domain import EventFilter, EventStatus, NewEvent, Order
 from storage.driver import Reader
-from storage.models import UTCDateTime, containers, events, utcnow
+from storage.models import UTCDateTime, containers, events, late_events, utcnow
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -115,7 +117,7 @@ class PageShape:
         self, column: Callable[[Column[Any]], ColumnElement[Any]]
     ) -> list[ColumnElement[bool]]:
         """The page's conditions, each on `column(c)` so a caller can wrap any column."""
-        criteria = [events.c.org_id == bindparam("org_id")]
+        criteria = [column(events.c.org_id) == bindparam("org_id")]
         if self.filter_column is not None:
             criteria.append(column(events.c[self.filter_column]) == bindparam("filter_value"))
         if self.container:
@@ -126,28 +128,73 @@ class PageShape:
             criteria.append(event_id < after if self.order is Order.DESC else event_id > after)
         return criteria
 
-    def _ordered(self, query: Select[Any]) -> Select[Any]:
-        return query.order_by(events.c.id.desc() if self.order is Order.DESC else events.c.id)
+    def _ordered(self, query: Select[Any], by: Column[Any] = events.c.id) -> Select[Any]:
+        return query.order_by(by.desc() if self.order is Order.DESC else by)
 
     def _window_statement(self, dialect_name: str) -> Select[Any]:
-        # A window is found through ix_events_org_time, which holds every column a page
-        # filters on: the page's ids are picked from the index alone, then only its rows are
-        # read. The cost follows the number of events in the window, not the table's size.
-        ids = select(events.c.id).where(*self._criteria(_indexed_elsewhere(dialect_name)))
+        # See storage/windows.py: the page's ids come from a walk of its read path's id index
+        # inside the id range of the window's zones, plus the window's late events.
+        hidden = _indexed_elsewhere(dialect_name)
+        walk = (
+            select(events.c.id)
+            .where(*replace(self, after=False)._criteria(lambda column: column))
+            .where(*self._walk_range(dialect_name))
+            .where(*self._in_window(hidden(events.c.timestamp)))
+        )
+        # The late events' own index leads; the events they join are only checked.
+        late = (
+            select(late_events.c.id)
+            .join(events, events.c.id == late_events.c.id)
+            .where(*windows.late_in_window(self.since, self.until))
+            .where(*self._criteria(hidden))
+        )
+        limit = bindparam("limit", type_=Integer())
+        ids = union(
+            select(self._ordered(walk).limit(limit).subquery().c.id),
+            select(self._ordered(late, late_events.c.id).limit(limit).subquery().c.id),
+        )
+        return self._ordered(select(events).where(events.c.id.in_(ids))).limit(limit)
+
+    def _walk_range(self, dialect_name: str) -> list[ColumnElement[bool]]:
+        """At most one lower and one upper bound on id: the zones' and the cursor's together.
+
+        Given a third bound, SQLite's planner walks (org_id, id) and tests each row's filter
+        instead of walking the filter's own index.
+        """
+        postgres = dialect_name == "postgresql"
+        lowest, highest = (func.least, func.greatest) if postgres else (func.min, func.max)
+        lower: list[ColumnElement[int]] = []
+        upper: list[ColumnElement[int]] = []
         if self.since:
-            ids = ids.where(events.c.timestamp >= bindparam("since", type_=UTCDateTime))
+            lower.append(windows.zone_bound(lowest=True))
         if self.until:
-            ids = ids.where(events.c.timestamp < bindparam("until", type_=UTCDateTime))
-        ids = self._ordered(ids).limit(bindparam("limit", type_=Integer()))
-        return self._ordered(select(events).where(events.c.id.in_(ids.scalar_subquery())))
+            upper.append(windows.zone_bound(lowest=False))
+        if self.after:
+            after = bindparam("after_id", type_=events.c.id.type)
+            (upper if self.order is Order.DESC else lower).append(
+                after + (-1 if self.order is Order.DESC else 1)
+            )
+        bounds = []
+        if lower:
+            bounds.append(events.c.id >= (lower[0] if len(lower) == 1 else highest(*lower)))
+        if upper:
+            bounds.append(events.c.id <= (upper[0] if len(upper) == 1 else lowest(*upper)))
+        return bounds
+
+    def _in_window(self, timestamp: ColumnElement[datetime]) -> list[ColumnElement[bool]]:
+        criteria = []
+        if self.since:
+            criteria.append(timestamp >= bindparam("since", type_=UTCDateTime))
+        if self.until:
+            criteria.append(timestamp < bindparam("until", type_=UTCDateTime))
+        return criteria
 
 
 def _indexed_elsewhere(dialect_name: str) -> Callable[[Column[Any]], ColumnElement[Any]]:
-    """Hide columns from SQLite's index choice, so a window uses the time index.
+    """Hide columns from SQLite's index choice, so a page uses the index meant for it.
 
-    Otherwise SQLite may walk an id-ordered index and read every newer event to find the
-    window. A unary + is SQLite's documented way to keep a term from choosing an index; the
-    values compared are unchanged. PostgreSQL's planner weighs the choice with statistics.
+    A unary + is SQLite's documented way to keep a term from choosing an index; the values
+    compared are unchanged. PostgreSQL's planner weighs the choice with statistics.
     """
     if dialect_name != "sqlite":
         return lambda column: column
@@ -188,6 +235,8 @@ async def list_events(
         # One more than asked: whether it comes back tells if there is a next page.
         "limit": page.limit + 1,
     }
+    if shape.since or shape.until:
+        values.update(windows.zone_parameters(window.since, window.until))
 
     def statement() -> Select[Any]:
         return shape.statement(reader.dialect.name)
@@ -250,6 +299,9 @@ async def log_events(
         events.insert().returning(*events.c, sort_by_parameter_order=True), values
     )
     rows = [EventRecord._make(row) for row in result.all()]
+    await windows.record_windows(
+        session, org_id=org_id, stored=((row.id, row.timestamp, row.received_at) for row in rows)
+    )
     await session.commit()
     return rows
 

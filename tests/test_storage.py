@@ -130,13 +130,33 @@ async def test_every_read_path_is_an_index_range_scan_without_sorting(
     assert "TEMP B-TREE" not in details, details
 
 
+WALKED_INDEX = {
+    "org": "ix_events_org",
+    "filter": "ix_events_org_type",
+    "fail": "ix_events_org_status",
+    "container": "ix_events_org_container",
+    "container_and_filter": "ix_events_org_container",
+}
+
+
+@pytest.mark.parametrize("order", list(Order))
 @pytest.mark.parametrize("path", READ_PATHS)
-async def test_a_window_page_picks_its_ids_from_the_time_index_alone(
-    tmp_path: Path, path: str
+async def test_a_window_page_walks_its_read_path_inside_the_zones_id_range(
+    tmp_path: Path, path: str, order: Order
 ) -> None:
     window = Window(since=datetime(2023, 1, 1, tzinfo=UTC), until=datetime(2024, 1, 1, tzinfo=UTC))
-    page = Page(limit=10, after_id=2)
+    page = Page(limit=10, after_id=2, order=order)
     details = await sqlite_plan(tmp_path, window=window, page=page, **READ_PATHS[path])
-    # Only the window's index entries are read and sorted, then the page's rows by id.
-    assert "COVERING INDEX ix_events_org_time" in details, details
-    assert "USING INTEGER PRIMARY KEY (rowid=?)" in details, details
+    steps = details.split(" | ")
+    # The walk: a range of ids on the path's own index, bounded by the zones and the cursor.
+    walk = [
+        step
+        for step in steps
+        if step.startswith(f"SEARCH events USING INDEX {WALKED_INDEX[path]} ")
+    ]
+    assert walk and "id>? AND id<?" in walk[0], details
+    # Zones and late events through their keys; the time index, read whole, no more.
+    assert "SEARCH event_zones USING INDEX sqlite_autoindex_event_zones_1" in details, details
+    assert "SEARCH late_events USING COVERING INDEX ix_late_events_org_time" in details, details
+    assert "ix_events_org_time" not in details, details
+    assert not any(step.startswith("SCAN events") for step in steps), details

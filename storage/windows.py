@@ -1,0 +1,144 @@
+"""Time-window pages whose cost does not grow with the table, nor with the window.
+
+A `since`/`until` page wants the newest (or oldest) ids among an org's events stamped in the
+window. An index on the timestamp finds those events, but in timestamp order: putting them in
+id order means reading every one, and a day holds ~170k events of a busy org. Events are stored
+soon after they happen, though, so the ids of one minute's events lie close together:
+
+- `event_zones` keeps, per org and per minute and hour of event time, the lowest and highest
+  id stamped in it. The zones a window touches bound its ids to [lo, hi]; a page walks its read
+  path's own id-ordered index inside that range, checks each row's timestamp, and stops after
+  one page. What it reads beyond the window's edges is about a minute of events.
+- An event stamped more than LATE_AFTER away from its arrival would stretch its zone over
+  everything received in between, so it stays out of the zones and is listed in `late_events`
+  (org, timestamp, id), which a page reads beside the walk. Backfilled history therefore costs
+  what the window holds, as it would through a plain time index.
+
+Both are written in the transaction that stores the events, so no page can miss one.
+"""
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    ScalarSelect,
+    bindparam,
+    func,
+    literal,
+    select,
+    union_all,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import UTCDateTime, event_zones, late_events
+
+LATE_AFTER = timedelta(minutes=10)
+MINUTE = 60
+HOUR = 3600
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+# A window's zones: the minutes before its first whole hour, its whole hours, the minutes after.
+_RANGES = (("lead", MINUTE), ("hours", HOUR), ("trail", MINUTE))
+
+
+def zone_start(moment: datetime, span: int) -> datetime:
+    moment = moment.replace(second=0, microsecond=0)
+    return moment.replace(minute=0) if span == HOUR else moment
+
+
+def is_late(timestamp: datetime, received_at: datetime) -> bool:
+    return abs(received_at - timestamp) > LATE_AFTER
+
+
+def zone_parameters(since: datetime | None, until: datetime | None) -> dict[str, datetime]:
+    """Where each of the window's three zone ranges starts and ends (an empty one starts at its
+    end); an open end of the window reaches the earliest or latest zone."""
+    since = _EARLIEST if since is None else since
+    until = _LATEST if until is None else until
+    first_hour = zone_start(since, HOUR)
+    if first_hour < since:
+        first_hour += timedelta(hours=1)
+    last_hour = zone_start(until, HOUR)
+    lead_end = min(first_hour, until)
+    if last_hour < first_hour:  # the window lies within one hour: its minutes are enough
+        last_hour = first_hour
+    return {
+        "lead_from": zone_start(since, MINUTE),
+        "lead_to": lead_end,
+        "hours_from": first_hour,
+        "hours_to": last_hour,
+        "trail_from": max(last_hour, lead_end),
+        "trail_to": until,
+    }
+
+
+def zone_bound(lowest: bool) -> ScalarSelect[Any]:
+    """The lowest (or highest) id of the non-late events in the zones the window touches."""
+    column = event_zones.c.min_id if lowest else event_zones.c.max_id
+    aggregate = func.min if lowest else func.max
+    parts = [
+        select(aggregate(column).label("bound")).where(
+            event_zones.c.org_id == bindparam("org_id"),
+            event_zones.c.span_seconds == literal(span, Integer()),
+            event_zones.c.start >= bindparam(f"{name}_from", type_=UTCDateTime),
+            event_zones.c.start < bindparam(f"{name}_to", type_=UTCDateTime),
+        )
+        for name, span in _RANGES
+    ]
+    bounds = union_all(*parts).subquery()
+    return select(aggregate(bounds.c.bound)).scalar_subquery()
+
+
+def late_in_window(since: bool, until: bool) -> list[ColumnElement[bool]]:
+    """The late events of the window, found through ix_late_events_org_time."""
+    criteria = [late_events.c.org_id == bindparam("org_id")]
+    if since:
+        criteria.append(late_events.c.timestamp >= bindparam("since", type_=UTCDateTime))
+    if until:
+        criteria.append(late_events.c.timestamp < bindparam("until", type_=UTCDateTime))
+    return criteria
+
+
+async def record_windows(
+    session: AsyncSession, *, org_id: str, stored: Iterable[tuple[int, datetime, datetime]]
+) -> None:
+    """Widen the zones of newly stored (id, timestamp, received_at) events, or list them late.
+
+    Runs in the storing transaction. Zones are written in key order, so two transactions
+    widening the same zones cannot deadlock.
+    """
+    zones: dict[tuple[int, datetime], list[int]] = {}
+    late: list[dict[str, Any]] = []
+    for event_id, timestamp, received_at in stored:
+        if is_late(timestamp, received_at):
+            late.append({"id": event_id, "org_id": org_id, "timestamp": timestamp})
+            continue
+        for span in (MINUTE, HOUR):
+            bounds = zones.setdefault((span, zone_start(timestamp, span)), [event_id, event_id])
+            bounds[0], bounds[1] = min(bounds[0], event_id), max(bounds[1], event_id)
+    if late:
+        await session.execute(late_events.insert(), late)
+    if zones:
+        rows = [
+            {"org_id": org_id, "span_seconds": span, "start": start, "min_id": lo, "max_id": hi}
+            for (span, start), (lo, hi) in sorted(zones.items())
+        ]
+        await session.execute(_widen_zones(session.get_bind().dialect.name), rows)
+
+
+def _widen_zones(dialect: str) -> Any:
+    postgres = dialect == "postgresql"
+    insert = postgresql.insert if postgres else sqlite.insert
+    statement = insert(event_zones)
+    lowest, highest = (func.least, func.greatest) if postgres else (func.min, func.max)
+    return statement.on_conflict_do_update(
+        index_elements=[event_zones.c.org_id, event_zones.c.span_seconds, event_zones.c.start],
+        set_={
+            "min_id": lowest(event_zones.c.min_id, statement.excluded.min_id),
+            "max_id": highest(event_zones.c.max_id, statement.excluded.max_id),
+        },
+    )
