@@ -30,9 +30,10 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import SQLModel
 from tqdm import tqdm
 
+from storage import windows
 from storage.database import Database
 from storage.domain import EventStatus, EventType
-from storage.models import containers, events
+from storage.models import containers, event_zones, events, late_events
 from storage.orgs import create_org
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -75,6 +76,8 @@ LATE_SHARE = 0.0005
 MAX_LATE_US = 86_400_000_000
 
 BATCH_SIZE = 50_000
+LATE_AFTER_US = int(windows.LATE_AFTER.total_seconds() * 1_000_000)
+ZONE_SPANS_US = (windows.MINUTE * 1_000_000, windows.HOUR * 1_000_000)
 # The app writes SQLite times as naive UTC text in SQLAlchemy's storage format.
 SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -230,6 +233,10 @@ class _Generated:
 
     containers: dict[tuple[str, str], list[str]]  # (org, container) -> [created_at, last_event]
     bench_counts: list[int]
+    # storage.windows' zones, (org, span seconds, zone start in µs) -> [min id, max id], and
+    # its late events as (id, org, timestamp), exactly as log_events would record them.
+    zones: dict[tuple[str, int, int], list[int]]
+    late: list[tuple[int, str, str]]
 
 
 class EventGenerator:
@@ -270,7 +277,9 @@ class EventGenerator:
         self.start_us = int(end.timestamp() * 1_000_000) - event_count * self.step_us
         self.time_text = _TimeText()
         _check_time_text(self.time_text, dialect)
-        self.generated = _Generated(containers={}, bench_counts=[0] * len(self.container_names))
+        self.generated = _Generated(
+            containers={}, bench_counts=[0] * len(self.container_names), zones={}, late=[]
+        )
 
     def batches(self, size: int = BATCH_SIZE) -> Iterator[list[tuple[str | None, ...]]]:
         for start in range(0, self.event_count, size):
@@ -284,6 +293,7 @@ class EventGenerator:
         kinds, kind_cumulative = self.kinds, self.kind_cumulative
         details, actors, time_text = self.details, self.actors, self.time_text
         seen, bench_counts = self.generated.containers, self.generated.bench_counts
+        zones, late = self.generated.zones, self.generated.late
         bisect_left, step_us, start_us = bisect.bisect_left, self.step_us, self.start_us
         rows: list[tuple[str | None, ...]] = []
         for index in range(start, start + size):
@@ -294,7 +304,8 @@ class EventGenerator:
             delay = rng_random() ** 3 * MAX_DELAY_US
             if rng_random() < LATE_SHARE:
                 delay = rng_random() * MAX_LATE_US
-            timestamp = time_text(received_us - int(delay))
+            timestamp_us = received_us - int(delay)
+            timestamp = time_text(timestamp_us)
             received_at = time_text(received_us)
             org_id, container = orgs[org], names[rank]
             actor = None
@@ -316,6 +327,18 @@ class EventGenerator:
                 known[1] = timestamp
             if org == 0:
                 bench_counts[rank] += 1
+            # Ids are given in generation order from 1, so the first id a zone sees is its least.
+            event_id = index + 1
+            if received_us - timestamp_us > LATE_AFTER_US:
+                late.append((event_id, org_id, timestamp))
+            else:
+                for span_us in ZONE_SPANS_US:
+                    key = (org_id, span_us, timestamp_us - timestamp_us % span_us)
+                    bounds = zones.get(key)
+                    if bounds is None:
+                        zones[key] = [event_id, event_id]
+                    else:
+                        bounds[1] = event_id
         return rows
 
 
@@ -383,6 +406,7 @@ def _bulk_insert(path: Path, generator: EventGenerator, *, analyze: bool, quiet:
                     )
                 ),
             )
+            _insert_windows(raw, generator)
             raw.commit()
             stage = _stage(quiet, "rows inserted", stage)
 
@@ -402,6 +426,24 @@ def _bulk_insert(path: Path, generator: EventGenerator, *, analyze: bool, quiet:
             raw.execute("PRAGMA journal_mode=WAL")
     finally:
         engine.dispose()
+
+
+def _insert_windows(raw: sqlite3.Connection, generator: EventGenerator) -> None:
+    """storage.windows' zones and late events for the generated rows."""
+    last_id = raw.execute("SELECT max(id) FROM events").fetchone()[0]
+    if last_id != generator.event_count:
+        raise RuntimeError(f"expected ids 1..{generator.event_count}, the last is {last_id}")
+    time_text = generator.time_text
+    raw.executemany(
+        _insert_sql(event_zones, ("org_id", "span_seconds", "start", "min_id", "max_id")),
+        (
+            (org_id, span_us // 1_000_000, time_text(start_us), lo, hi)
+            for (org_id, span_us, start_us), (lo, hi) in generator.generated.zones.items()
+        ),
+    )
+    raw.executemany(
+        _insert_sql(late_events, ("id", "org_id", "timestamp")), generator.generated.late
+    )
 
 
 def _stage(quiet: bool, done: str, started: float) -> float:
