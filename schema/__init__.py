@@ -13,6 +13,7 @@ from strawberry.extensions import (
 from strawberry.types import ExecutionContext
 
 from schema.errors import ErrorCodes, is_unexpected
+from schema.execution import GatewayExecutor
 from schema.mutation import Mutation
 from schema.query import Query
 
@@ -45,4 +46,5 @@ def build_schema(
             lambda: ParserCache(maxsize=256),
             lambda: ValidationCache(maxsize=256),
         ],
+        execution_context_class=GatewayExecutor,
     )

@@ -31,6 +31,10 @@ from storage.events import (
 from storage.orgs import ContainerRecord, OrgRecord, get_container, list_containers
 
 PAGE_ARGUMENT = {"limit": "first", "cursor": "after"}
+# Members by stored value: a page builds 100 events, and a dict lookup costs a fraction of
+# calling the enum class.
+EVENT_TYPES = {member.value: member for member in domain.EventType}
+EVENT_STATUSES = {member.value: member for member in domain.EventStatus}
 
 
 @strawberry.type
@@ -89,8 +93,8 @@ class Event:
         return cls(
             id=strawberry.ID(str(row.id)),
             container_id=strawberry.ID(row.container_id),
-            event_type=domain.EventType(row.event_type),
-            status=domain.EventStatus(row.status),
+            event_type=EVENT_TYPES[row.event_type],
+            status=EVENT_STATUSES[row.status],
             timestamp=row.timestamp,
             received_at=row.received_at,
             actor=row.actor,

@@ -1,0 +1,243 @@
+"""Field execution with a fast path for plain leaf fields, the bulk of every page of events."""
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, NamedTuple
+from weakref import WeakKeyDictionary
+
+from graphql import (
+    GraphQLField,
+    GraphQLLeafType,
+    GraphQLList,
+    GraphQLObjectType,
+    GraphQLOutputType,
+    GraphQLResolveInfo,
+    Undefined,
+    get_nullable_type,
+    is_leaf_type,
+    is_non_null_type,
+    is_object_type,
+)
+from graphql.execution.collect_fields import FieldDetailsList, GroupedFieldSet
+from graphql.pyutils import AwaitableOrValue, Path
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.schema.schema_converter import CustomGraphQLEnumType, GraphQLCoreConverter
+from strawberry.types.field import StrawberryField
+
+
+class FieldReader(NamedTuple):
+    """How to read a scalar or enum field declared without a resolver or arguments."""
+
+    read: Callable[[Any, str], Any]  # Strawberry's default resolver: getattr unless configured
+    attribute: str
+    serialize: Callable[[Any], Any]
+    nullable: bool
+
+
+class SelectionPlan(NamedTuple):
+    """How one grouped selection is executed: its plain leaves here, the rest by graphql-core."""
+
+    leaves: tuple[tuple[str, FieldReader], ...]  # by response name
+    others: GroupedFieldSet
+    response_names: tuple[str, ...]  # the selection's order, which the response keeps
+
+
+# Exact types that are never awaitable (no __await__, no attributes of their own per value),
+# so the check is skipped for them: datetimes are two of an event's eight fields.
+NEVER_AWAITABLE = frozenset({str, int, float, bool, dict, list, datetime})
+
+
+class GatewayExecutor(StrawberryGraphQLCoreExecutionContext):
+    """graphql-core's executor, reading plain leaf fields without its per-field machinery.
+
+    A page of 100 events is ~800 leaf fields, and graphql-core spends several µs on each:
+    a Path, a GraphQLResolveInfo, the resolver chain, complete_value's type dispatch and
+    awaitable checks, and as much again per list item. None of that matters for a field
+    Strawberry resolves by reading an attribute, so such fields are read and serialized
+    directly, and a list of objects selecting only such fields is completed in one loop.
+    Anything unusual (a null for a non-null field, an awaitable, an exception, a value the
+    scalar refuses) sends the whole object or list back through graphql-core, which reads it
+    again and reports exactly as it always does. Resolvers, arguments, field middleware,
+    __typename and abstract types always take graphql-core's path; @skip and @include are
+    applied before any of this, when the fields are collected.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Keyed by the id of a grouped field set, which graphql-core builds once per selection
+        # and reuses for every item of a list; the set is kept so its id stays unique.
+        self._plans: dict[int, tuple[GroupedFieldSet, SelectionPlan]] = {}
+
+    def execute_fields(
+        self,
+        parent_type: GraphQLObjectType,
+        source_value: Any,
+        path: Path | None,
+        grouped_field_set: GroupedFieldSet,
+        position_context: Any,
+    ) -> AwaitableOrValue[dict[str, Any]]:
+        plan = self._plan(parent_type, grouped_field_set)
+        values = self._read_leaves(plan, source_value) if plan.leaves else None
+        if values is None:
+            return super().execute_fields(
+                parent_type, source_value, path, grouped_field_set, position_context
+            )
+        if not plan.others:
+            return values
+        others = super().execute_fields(
+            parent_type, source_value, path, plan.others, position_context
+        )
+        if isinstance(others, dict):
+            return _in_order(plan, values, others)
+
+        async def merge_awaited() -> dict[str, Any]:
+            return _in_order(plan, values, await others)
+
+        return merge_awaited()
+
+    def complete_list_value(
+        self,
+        return_type: GraphQLList[GraphQLOutputType],
+        field_details_list: FieldDetailsList,
+        info: GraphQLResolveInfo,
+        path: Path,
+        result: Any,
+        position_context: Any,
+    ) -> AwaitableOrValue[list[Any]]:
+        nullable = not is_non_null_type(return_type.of_type)
+        object_type = get_nullable_type(return_type.of_type)
+        if isinstance(result, list) and is_object_type(object_type) and not object_type.is_type_of:
+            collected = self.collect_subfields(object_type, field_details_list)
+            if not collected.new_defer_usages:
+                plan = self._plan(object_type, collected.grouped_field_set)
+                if plan.leaves and not plan.others:
+                    items = self._read_items(plan, result, nullable)
+                    if items is not None:
+                        return items
+        return super().complete_list_value(
+            return_type, field_details_list, info, path, result, position_context
+        )
+
+    def _read_items(
+        self, plan: SelectionPlan, items: list[Any], nullable: bool
+    ) -> list[Any] | None:
+        """Each item's leaves, or None when one needs graphql-core's full path."""
+        completed: list[Any] = []
+        for item in items:
+            if item is None and nullable:
+                completed.append(None)
+                continue
+            if item is None or isinstance(item, Exception) or self.is_awaitable(item):
+                return None
+            values = self._read_leaves(plan, item)
+            if values is None:
+                return None
+            completed.append(values)
+        return completed
+
+    def _read_leaves(self, plan: SelectionPlan, source: Any) -> dict[str, Any] | None:
+        """The plan's leaves, serialized, or None when one needs graphql-core's full path."""
+        values: dict[str, Any] = {}
+        try:
+            for response_name, (read, attribute, serialize, nullable) in plan.leaves:
+                value = read(source, attribute)
+                if value is None:
+                    if not nullable:
+                        return None
+                    values[response_name] = None
+                elif type(value) not in NEVER_AWAITABLE and (
+                    isinstance(value, Exception) or self.is_awaitable(value)
+                ):
+                    return None
+                else:
+                    serialized = values[response_name] = serialize(value)
+                    if serialized is None or serialized is Undefined:
+                        return None
+        except Exception:
+            return None
+        return values
+
+    def _plan(
+        self, parent_type: GraphQLObjectType, grouped_field_set: GroupedFieldSet
+    ) -> SelectionPlan:
+        cached = self._plans.get(id(grouped_field_set))
+        if cached is not None:
+            return cached[1]
+        # Field middleware must see every field: with any, no field is read directly.
+        direct = not (self.middleware_manager and self.middleware_manager.middlewares)
+        leaves: list[tuple[str, FieldReader]] = []
+        others: GroupedFieldSet = {}
+        for response_name, field_details_list in grouped_field_set.items():
+            node = field_details_list[0].node
+            reader = None
+            if direct and not node.arguments:
+                reader = _field_reader(parent_type, node.name.value)
+            if reader is None:
+                others[response_name] = field_details_list
+            else:
+                leaves.append((response_name, reader))
+        plan = SelectionPlan(tuple(leaves), others, tuple(grouped_field_set))
+        self._plans[id(grouped_field_set)] = (grouped_field_set, plan)
+        return plan
+
+
+# Each object type's readers by field name (None: the field takes graphql-core's path), worked
+# out once per schema rather than per request; weak, so a dropped schema is not kept alive.
+_READERS: WeakKeyDictionary[GraphQLObjectType, dict[str, FieldReader | None]] = WeakKeyDictionary()
+
+
+def _field_reader(parent_type: GraphQLObjectType, field_name: str) -> FieldReader | None:
+    """The field's reader, or None when it must take graphql-core's path."""
+    readers = _READERS.setdefault(parent_type, {})
+    if field_name not in readers:
+        readers[field_name] = _new_field_reader(parent_type.fields.get(field_name))
+    return readers[field_name]
+
+
+def _new_field_reader(field_def: GraphQLField | None) -> FieldReader | None:
+    # No definition: __typename and the other meta fields are not among the type's fields.
+    if field_def is None or field_def.args:
+        return None
+    definition = field_def.extensions.get(GraphQLCoreConverter.DEFINITION_BACKREF)
+    leaf_type = get_nullable_type(field_def.type)
+    if (
+        not isinstance(definition, StrawberryField)
+        or not definition.is_basic_field
+        # Strawberry's mark on the resolver that only calls default_resolver; a field with
+        # exception handlers gets another one.
+        or not getattr(field_def.resolve, "_is_default", False)
+        or not is_leaf_type(leaf_type)
+    ):
+        return None
+    return FieldReader(
+        read=definition.default_resolver,
+        attribute=definition.python_name,
+        serialize=_serializer(leaf_type),
+        nullable=not is_non_null_type(field_def.type),
+    )
+
+
+def _serializer(leaf_type: GraphQLLeafType) -> Callable[[Any], Any]:
+    """The type's own serialization; for an enum, remembered per member (it scans the values)."""
+    serialize = leaf_type.coerce_output_value
+    if not isinstance(leaf_type, CustomGraphQLEnumType):
+        return serialize
+    enum_class = leaf_type.wrapped_cls
+    names: dict[Any, Any] = {}
+
+    def serialize_member(value: Any) -> Any:
+        if type(value) is not enum_class:
+            return serialize(value)
+        name = names.get(value)
+        if name is None:
+            name = names[value] = serialize(value)
+        return name
+
+    return serialize_member
+
+
+def _in_order(
+    plan: SelectionPlan, leaves: dict[str, Any], others: dict[str, Any]
+) -> dict[str, Any]:
+    merged = {**leaves, **others}
+    return {name: merged[name] for name in plan.response_names if name in merged}
