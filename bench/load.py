@@ -18,12 +18,12 @@ import random
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Table, create_engine
+from sqlalchemy import Table, create_engine, func, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -31,9 +31,19 @@ from sqlmodel import SQLModel
 from tqdm import tqdm
 
 from storage import windows
+from storage.counts import FINEST, FineKey, hour_of, key_columns
 from storage.database import Database
 from storage.domain import EventStatus, EventType
-from storage.models import containers, event_zones, events, late_events
+from storage.models import (
+    containers,
+    counts_by_container,
+    counts_by_org,
+    counts_by_org_hour,
+    event_zones,
+    events,
+    late_events,
+    totals_by_container_hour,
+)
 from storage.orgs import create_org
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -76,6 +86,16 @@ LATE_SHARE = 0.0005
 MAX_LATE_US = 86_400_000_000
 
 BATCH_SIZE = 50_000
+HOUR_US = 3_600_000_000
+# Tables filled without their secondary indexes, which are built once the rows are in.
+BULK_INDEXED = (events, FINEST)
+# storage.counts' other roll-ups, each the sum of a finer one over the key columns it lacks.
+SUMMED_ROLL_UPS = (
+    (totals_by_container_hour, FINEST),
+    (counts_by_org_hour, FINEST),
+    (counts_by_container, FINEST),
+    (counts_by_org, counts_by_org_hour),
+)
 LATE_AFTER_US = int(windows.LATE_AFTER.total_seconds() * 1_000_000)
 ZONE_SPANS_US = (windows.MINUTE * 1_000_000, windows.HOUR * 1_000_000)
 # The app writes SQLite times as naive UTC text in SQLAlchemy's storage format.
@@ -237,6 +257,9 @@ class _Generated:
     # its late events as (id, org, timestamp), exactly as log_events would record them.
     zones: dict[tuple[str, int, int], list[int]]
     late: list[tuple[int, str, str]]
+    # storage.counts' finest roll-up per hour of event time, until no later event can fall in
+    # that hour (`settled_counts`).
+    counts: dict[int, dict[FineKey, int]]
 
 
 class EventGenerator:
@@ -277,9 +300,15 @@ class EventGenerator:
         self.start_us = int(end.timestamp() * 1_000_000) - event_count * self.step_us
         self.time_text = _TimeText()
         _check_time_text(self.time_text, dialect)
+        _check_hours()
         self.generated = _Generated(
-            containers={}, bench_counts=[0] * len(self.container_names), zones={}, late=[]
+            containers={},
+            bench_counts=[0] * len(self.container_names),
+            zones={},
+            late=[],
+            counts={},
         )
+        self.generated_until_us = self.start_us
 
     def batches(self, size: int = BATCH_SIZE) -> Iterator[list[tuple[str | None, ...]]]:
         for start in range(0, self.event_count, size):
@@ -294,6 +323,7 @@ class EventGenerator:
         details, actors, time_text = self.details, self.actors, self.time_text
         seen, bench_counts = self.generated.containers, self.generated.bench_counts
         zones, late = self.generated.zones, self.generated.late
+        counts = self.generated.counts
         bisect_left, step_us, start_us = bisect.bisect_left, self.step_us, self.start_us
         rows: list[tuple[str | None, ...]] = []
         for index in range(start, start + size):
@@ -306,6 +336,7 @@ class EventGenerator:
                 delay = rng_random() * MAX_LATE_US
             timestamp_us = received_us - int(delay)
             timestamp = time_text(timestamp_us)
+            hour = timestamp_us // HOUR_US
             received_at = time_text(received_us)
             org_id, container = orgs[org], names[rank]
             actor = None
@@ -327,6 +358,11 @@ class EventGenerator:
                 known[1] = timestamp
             if org == 0:
                 bench_counts[rank] += 1
+            tally = counts.get(hour)
+            if tally is None:
+                tally = counts[hour] = {}
+            key = (org_id, hour, container, event_type, status)
+            tally[key] = tally.get(key, 0) + 1
             # Ids are given in generation order from 1, so the first id a zone sees is its least.
             event_id = index + 1
             if received_us - timestamp_us > LATE_AFTER_US:
@@ -339,7 +375,40 @@ class EventGenerator:
                         zones[key] = [event_id, event_id]
                     else:
                         bounds[1] = event_id
+        self.generated_until_us = start_us + (start + size) * step_us
         return rows
+
+    def settled_counts(self, *, last: bool = False) -> Iterator[dict[FineKey, int]]:
+        """Take the counts of each hour no event still to come can fall in (`last`: of all)."""
+        earliest_to_come = self.generated_until_us - max(MAX_DELAY_US, MAX_LATE_US)
+        counts = self.generated.counts
+        for hour in sorted(counts):
+            if last or (hour + 1) * HOUR_US <= earliest_to_come:
+                yield counts.pop(hour)
+
+
+def _check_hours() -> None:
+    """Fail loudly if storage no longer keys its counts by the hour the loader computes."""
+    for micros in (0, 1_700_000_000_123_456, 1_700_002_799_999_999, -1):
+        at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+        if hour_of(at) != micros // HOUR_US:
+            raise RuntimeError(f"storage counts {at} in hour {hour_of(at)}: update bench.load")
+
+
+def _insert_finest(raw: sqlite3.Connection, hours: Iterable[Mapping[FineKey, int]]) -> None:
+    """Settled hours of storage.counts' finest roll-up, in key order (appended, not sorted in)."""
+    insert = _insert_sql(FINEST, [*key_columns(FINEST), "event_count"])
+    for fine in hours:
+        raw.executemany(insert, ((*key, count) for key, count in sorted(fine.items())))
+
+
+def _sum_roll_ups(raw: sqlite3.Connection) -> None:
+    """The other roll-ups, as the sums log_events would have kept (storage.counts.roll_up)."""
+    for table, source in SUMMED_ROLL_UPS:
+        key = [source.c[name] for name in key_columns(table)]
+        summed = select(*key, func.sum(source.c.event_count)).group_by(*key)
+        insert = table.insert().from_select([*key_columns(table), "event_count"], summed)
+        raw.execute(str(insert.compile(dialect=sqlite.dialect())))
 
 
 def sqlite_path(database_url: str) -> Path:
@@ -382,7 +451,8 @@ def _bulk_insert(path: Path, generator: EventGenerator, *, analyze: bool, quiet:
             # Filling the table and then building each index costs about the same CPU as
             # keeping them up to date row by row, but the build can use a second thread.
             # The indexes are rebuilt from the metadata, so none is written by hand here.
-            for index in events.indexes:
+            indexes = [index for table in BULK_INDEXED for index in table.indexes]
+            for index in indexes:
                 index.drop(connection)
             connection.commit()
 
@@ -393,7 +463,9 @@ def _bulk_insert(path: Path, generator: EventGenerator, *, analyze: bool, quiet:
             ) as progress:
                 for rows in generator.batches():
                     raw.executemany(insert_events, rows)
+                    _insert_finest(raw, generator.settled_counts())
                     progress.update(len(rows))
+            _insert_finest(raw, generator.settled_counts(last=True))
             insert_containers = _insert_sql(
                 containers, ("org_id", "id", "created_at", "last_event_at")
             )
@@ -409,15 +481,18 @@ def _bulk_insert(path: Path, generator: EventGenerator, *, analyze: bool, quiet:
             _insert_windows(raw, generator)
             raw.commit()
             stage = _stage(quiet, "rows inserted", stage)
+            _sum_roll_ups(raw)
+            raw.commit()
+            stage = _stage(quiet, "counts summed", stage)
 
             # Measured: a 64 MB sort buffer with a helper thread builds these indexes faster
             # than one huge in-memory sort (SQLite only parallelises across sort runs).
             raw.execute("PRAGMA cache_size=-64000")
             raw.execute("PRAGMA threads=2")
-            for index in events.indexes:
+            for index in indexes:
                 index.create(connection)
             connection.commit()
-            stage = _stage(quiet, f"{len(events.indexes)} indexes built", stage)
+            stage = _stage(quiet, f"{len(indexes)} indexes built", stage)
             if analyze:
                 raw.execute("ANALYZE")
                 raw.commit()

@@ -1,17 +1,70 @@
-"""Counting events for dashboards: the total of any read, and buckets over a time window."""
+"""Counting events for dashboards: the total of any read, and buckets over a time window.
 
+Counts are not counted row by row: log_events adds every stored event to roll-up tables
+(storage/models.py) in the transaction that stores it, so a sum over them always equals a
+COUNT over `events`:
+
+- without a window, an org's or a container's counts by type and status;
+- over a window, whole hours from the counts per org-hour by type and status, per
+  org-hour-container by type and status (for counts that name a container, and for containers
+  grouped under a filter), and per org-hour-container for every type and status together (for
+  containers grouped without a filter). An end of the window inside an hour is counted from
+  `events` through ix_events_org_time: the part of that hour inside the window, or, when that is
+  the longer part, the hour's roll-up less the part outside it.
+
+A count therefore reads at most about an hour of events plus one roll-up row per hour and key,
+whatever the window and however large the table.
+"""
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import cache
+from operator import itemgetter
+from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, Integer, String, func, literal_column, select
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    CompoundSelect,
+    Executable,
+    Integer,
+    Select,
+    Table,
+    func,
+    literal,
+    literal_column,
+    select,
+    type_coerce,
+    union_all,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.domain import EventFilter
-from storage.events import Window, filter_column
-from storage.models import events
+from storage.events import EventRecord, Window, filter_column
+from storage.models import (
+    counts_by_container,
+    counts_by_container_hour,
+    counts_by_org,
+    counts_by_org_hour,
+    events,
+    totals_by_container_hour,
+)
 
 MAX_BUCKETS = 1000
+HOUR = timedelta(hours=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Every roll-up table, in the order writes visit them.
+ROLL_UPS = (
+    counts_by_org,
+    counts_by_container,
+    counts_by_org_hour,
+    counts_by_container_hour,
+    totals_by_container_hour,
+)
 
 
 class CountBy(StrEnum):
@@ -49,25 +102,240 @@ class EventCounts:
     total: int  # every matching event, including containers beyond the first MAX_BUCKETS
 
 
-def _matching(
-    *,
-    org_id: str,
-    event_filter: EventFilter | None,
-    container_id: str | None,
-    window: Window,
-) -> list[ColumnElement[bool]]:
-    # The same selection as list_events, so a total always equals the length of the list.
-    criteria = [events.c.org_id == org_id]
-    if event_filter is not None:
-        column, value = filter_column(event_filter)
-        criteria.append(column == value)
-    if container_id is not None:
-        criteria.append(events.c.container_id == container_id)
-    if window.since is not None:
-        criteria.append(events.c.timestamp >= window.since)
-    if window.until is not None:
-        criteria.append(events.c.timestamp < window.until)
-    return criteria
+def hour_of(moment: datetime) -> int:
+    """The hour `moment` falls in, as whole hours since 1970-01-01T00:00Z: the roll-ups' key."""
+    return (moment - EPOCH) // HOUR
+
+
+def _hour_start(hour: int) -> datetime | None:
+    """When an hour starts; None for the hour after the calendar's last."""
+    try:
+        return EPOCH + hour * HOUR
+    except OverflowError:
+        return None
+
+
+# Writing: what log_events adds in its transaction.
+
+# The finest roll-up: each of the others is it summed over the key columns that one lacks.
+FINEST = counts_by_container_hour
+# Its key: an org, hour, container, type and status.
+FineKey = tuple[str, int, str, str, str]
+
+
+def key_columns(table: Table) -> list[str]:
+    """A roll-up table's key, in column order."""
+    return [column.name for column in table.primary_key.columns]
+
+
+def roll_up(fine: Mapping[FineKey, int]) -> dict[Table, Counter[tuple[Any, ...]]]:
+    """Each roll-up table's increments for these finest counts, keyed in its columns' order."""
+    finest = key_columns(FINEST)
+    found = {}
+    for table in ROLL_UPS:
+        key_of = itemgetter(*[finest.index(name) for name in key_columns(table)])
+        increments: Counter[tuple[Any, ...]] = Counter()
+        for key, count in fine.items():
+            increments[key_of(key)] += count
+        found[table] = increments
+    return found
+
+
+@cache
+def _increment(dialect: str, table: Table) -> Executable:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(table)
+    return statement.on_conflict_do_update(
+        index_elements=list(table.primary_key.columns),
+        set_={"event_count": table.c.event_count + statement.excluded.event_count},
+    )
+
+
+async def record_counts(
+    session: AsyncSession, *, org_id: str, stored: Iterable[EventRecord]
+) -> None:
+    """Add newly stored events to the roll-ups; runs in the transaction that stores them."""
+    fine = Counter(
+        (org_id, hour_of(row.timestamp), row.container_id, row.event_type, row.status)
+        for row in stored
+    )
+    dialect = session.get_bind().dialect.name
+    # Tables in one order, rows in key order: two transactions cannot deadlock on them.
+    for table, increments in roll_up(fine).items():
+        names = key_columns(table)
+        rows = [
+            {**dict(zip(names, key, strict=True)), "event_count": count}
+            for key, count in sorted(increments.items())
+        ]
+        if rows:
+            await session.execute(_increment(dialect, table), rows)
+
+
+# Reading.
+
+
+@dataclass(frozen=True)
+class _Edge:
+    """The events stamped in [since, until) inside one hour, added (sign 1) or taken off (-1)."""
+
+    hour: int
+    since: datetime
+    until: datetime | None  # None: to the end of the calendar
+    sign: int
+
+
+@dataclass(frozen=True)
+class _Split:
+    """A window as whole hours [first_hour, end_hour) of roll-ups (None: open) and its edges."""
+
+    first_hour: int | None
+    end_hour: int | None
+    edges: tuple[_Edge, ...]
+
+
+def _split(since: datetime | None, until: datetime | None) -> _Split:
+    """Whole hours plus the events of at most half an hour at each end (both ends in one hour:
+    the events between them)."""
+    first_hour = end_hour = None
+    edges = []
+    if since is not None:
+        hour = hour_of(since)
+        start, end = _hour_start(hour), _hour_start(hour + 1)
+        assert start is not None
+        if since == start:
+            first_hour = hour
+        elif until is not None and (end is None or until <= end):
+            return _Split(hour, hour, (_Edge(hour, since, until, 1),))
+        elif end is None or end - since <= since - start:
+            first_hour = hour + 1
+            edges.append(_Edge(hour, since, end, 1))
+        else:
+            first_hour = hour
+            edges.append(_Edge(hour, start, since, -1))
+    if until is not None:
+        hour = hour_of(until)
+        start, end = _hour_start(hour), _hour_start(hour + 1)
+        assert start is not None
+        if until == start:
+            end_hour = hour
+        elif end is not None and end - until < until - start:
+            end_hour = hour + 1
+            edges.append(_Edge(hour, until, end, -1))
+        else:
+            end_hour = hour
+            edges.append(_Edge(hour, start, until, 1))
+    return _Split(first_hour, end_hour, tuple(edges))
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """What a count selects: an org's events, maybe one filter, one container, a window."""
+
+    org_id: str
+    event_filter: EventFilter | None
+    container_id: str | None
+    window: Window
+
+    @property
+    def windowed(self) -> bool:
+        return self.window.since is not None or self.window.until is not None
+
+    @property
+    def empty(self) -> bool:
+        since, until = self.window.since, self.window.until
+        return since is not None and until is not None and until <= since
+
+    def roll_ups(self, by: CountBy | None) -> Table:
+        """The smallest roll-up table holding this selection's counts grouped by `by`."""
+        if self.container_id is not None:
+            return counts_by_container_hour if self.windowed else counts_by_container
+        if by is CountBy.CONTAINER:
+            if not self.windowed:
+                return counts_by_container
+            return (
+                totals_by_container_hour if self.event_filter is None else counts_by_container_hour
+            )
+        return counts_by_org_hour if self.windowed else counts_by_org
+
+    def criteria(
+        self, table: Table, hidden: Callable[[Column[Any]], ColumnElement[Any]]
+    ) -> list[ColumnElement[bool]]:
+        criteria = [table.c.org_id == self.org_id]
+        if self.event_filter is not None:
+            column, value = filter_column(self.event_filter)
+            criteria.append(hidden(table.c[column.key]) == value)
+        if self.container_id is not None:
+            criteria.append(hidden(table.c.container_id) == self.container_id)
+        return criteria
+
+
+def _unindexed(dialect: str) -> Callable[[Column[Any]], ColumnElement[Any]]:
+    """Hide a column from SQLite's index choice (a unary +), so an edge of a window is read
+    through ix_events_org_time, never by walking every event of a type or a container."""
+    if dialect != "sqlite":
+        return lambda column: column
+    return lambda column: type_coerce(
+        literal_column(f"+{column.table.name}.{column.name}"), column.type
+    )
+
+
+@dataclass(frozen=True)
+class _Grouping:
+    """How a count keys its rows: by a column every table has (event_type, status,
+    container_id), by time bucket ((hour - first_hour) // span_hours, an index into the
+    buckets), or not at all (a total)."""
+
+    column: str | None = None
+    first_hour: int = 0
+    span_hours: int = 0
+
+    def rolled(self, table: Table) -> list[ColumnElement[Any]]:
+        if self.column is not None:
+            return [table.c[self.column].label("key")]
+        if self.span_hours:
+            bucket = (table.c.hour - literal(self.first_hour, Integer())) // self.span_hours
+            return [bucket.label("key")]
+        return []
+
+    def edge(self, edge: _Edge, count: ColumnElement[int]) -> Select[Any]:
+        if self.column is not None:
+            column = events.c[self.column]
+            return select(column.label("key"), count.label("n")).group_by(column)
+        if self.span_hours:
+            bucket: ColumnElement[Any] = literal(
+                (edge.hour - self.first_hour) // self.span_hours, Integer()
+            )
+            return select(bucket.label("key"), count.label("n"))
+        return select(count.label("n"))
+
+
+def _counted(
+    selection: _Selection, dialect: str, grouping: _Grouping, by: CountBy | None
+) -> Select[Any] | CompoundSelect:
+    """One statement whose rows, (key, n) or (n), add up to the selection's counts: roll-up
+    rows, plus each edge's events (negative for a part taken off the hour's roll-up)."""
+    table = selection.roll_ups(by)
+    rolled = select(*grouping.rolled(table), table.c.event_count.label("n")).where(
+        *selection.criteria(table, lambda column: column)
+    )
+    if not selection.windowed:
+        return rolled
+    split = _split(selection.window.since, selection.window.until)
+    if split.first_hour is not None:
+        rolled = rolled.where(table.c.hour >= split.first_hour)
+    if split.end_hour is not None:
+        rolled = rolled.where(table.c.hour < split.end_hour)
+    parts = []
+    if split.first_hour is None or split.end_hour is None or split.first_hour < split.end_hour:
+        parts.append(rolled)
+    hidden = _unindexed(dialect)
+    for edge in split.edges:
+        part = grouping.edge(edge, func.count() if edge.sign > 0 else -func.count())
+        part = part.where(*selection.criteria(events, hidden), events.c.timestamp >= edge.since)
+        if edge.until is not None:
+            part = part.where(events.c.timestamp < edge.until)
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else union_all(*parts)
 
 
 async def count_events(
@@ -79,11 +347,16 @@ async def count_events(
     window: Window,
 ) -> int:
     """How many events list_events would return over all its pages for the same arguments."""
-    criteria = _matching(
-        org_id=org_id, event_filter=event_filter, container_id=container_id, window=window
-    )
-    query = select(func.count()).select_from(events).where(*criteria)
+    selection = _Selection(org_id, event_filter, container_id, window)
+    if selection.empty:
+        return 0
+    query = _total(selection, session.get_bind().dialect.name)
     return int((await session.execute(query)).scalar_one())
+
+
+def _total(selection: _Selection, dialect: str) -> Select[Any]:
+    counted = _counted(selection, dialect, _Grouping(), None).subquery()
+    return select(func.coalesce(func.sum(counted.c.n), 0))
 
 
 def _bucket_starts(window: Window, by: CountBy) -> list[datetime]:
@@ -103,27 +376,6 @@ def _bucket_starts(window: Window, by: CountBy) -> list[datetime]:
         return []
     # Multiples of the span, never a step past `until`: near year 9999 that step would overflow.
     return [first + span * index for index in range(-(-(window.until - first) // span))]
-
-
-def _time_bucket(dialect: str, by: CountBy) -> ColumnElement[str] | ColumnElement[datetime]:
-    # Literal SQL arguments, not bound parameters: GROUP BY must repeat the selected expression
-    # exactly, and PostgreSQL treats two placeholders as two different expressions.
-    if dialect == "postgresql":
-        unit = literal_column("'hour'" if by is CountBy.HOUR else "'day'", String())
-        utc = func.timezone(literal_column("'UTC'", String()), events.c.timestamp)
-        return func.date_trunc(unit, utc, type_=DateTime())
-    # SQLite stores UTC as 'YYYY-MM-DD HH:MM:SS.ffffff' text: the bucket is a prefix of it,
-    # far cheaper per row than strftime().
-    length = literal_column("13" if by is CountBy.HOUR else "10", Integer())
-    return func.substr(events.c.timestamp, literal_column("1", Integer()), length, type_=String())
-
-
-def _bucket_start(key: str | datetime) -> datetime:
-    if isinstance(key, datetime):
-        return key.replace(tzinfo=UTC)
-    return datetime.strptime(key, "%Y-%m-%d %H" if len(key) == 13 else "%Y-%m-%d").replace(
-        tzinfo=UTC
-    )
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -146,31 +398,34 @@ async def event_counts(
     first then by key; CONTAINER at most MAX_BUCKETS of them.
     """
     starts = _bucket_starts(window, by) if by in BUCKET_SPANS else []
-    group: ColumnElement[str] | ColumnElement[datetime]
-    if by is CountBy.TYPE:
-        group = events.c.event_type
-    elif by is CountBy.STATUS:
-        group = events.c.status
-    elif by is CountBy.CONTAINER:
-        group = events.c.container_id
+    selection = _Selection(org_id, event_filter, container_id, window)
+    if selection.empty:
+        return EventCounts([], 0)
+    if by in BUCKET_SPANS:
+        # A bucket is keyed by its index in `starts`.
+        grouping = _Grouping(first_hour=hour_of(starts[0]), span_hours=BUCKET_SPANS[by] // HOUR)
     else:
-        group = _time_bucket(session.get_bind().dialect.name, by)
-    count = func.count()
+        column = {CountBy.TYPE: "event_type", CountBy.STATUS: "status"}.get(by, "container_id")
+        grouping = _Grouping(column=column)
+    dialect = session.get_bind().dialect.name
+    counted = _counted(selection, dialect, grouping, by).subquery()
+    count = func.sum(counted.c.n)
+    # The total from the ungrouped roll-ups, in the same statement so it agrees with the
+    # buckets: a window function over thousands of container groups costs more.
+    every_event = _total(selection, dialect).scalar_subquery()
     query = (
-        select(group.label("key"), count.label("count"), func.sum(count).over().label("total"))
-        .where(
-            *_matching(
-                org_id=org_id, event_filter=event_filter, container_id=container_id, window=window
-            )
-        )
-        .group_by(group)
-        .order_by(count.desc(), group)
+        select(counted.c.key, count.label("count"), every_event.label("total"))
+        .group_by(counted.c.key)
+        .having(count > 0)
+        .order_by(count.desc(), counted.c.key)
         .limit(MAX_BUCKETS)
     )
     rows = (await session.execute(query)).all()
     total = int(rows[0].total) if rows else 0
     if by not in BUCKET_SPANS:
         return EventCounts([EventCount(str(key), int(size)) for key, size, _ in rows], total)
-    found = {_bucket_start(key): int(size) for key, size, _ in rows}
-    buckets = [EventCount(_rfc3339(start), found.get(start, 0)) for start in starts]
+    found = {int(index): int(size) for index, size, _ in rows}
+    buckets = [
+        EventCount(_rfc3339(start), found.get(index, 0)) for index, start in enumerate(starts)
+    ]
     return EventCounts(buckets, total)

@@ -302,6 +302,9 @@ async def log_events(
     await windows.record_windows(
         session, org_id=org_id, stored=((row.id, row.timestamp, row.received_at) for row in rows)
     )
+    from storage.counts import record_counts  # here: storage.counts imports this module
+
+    await record_counts(session, org_id=org_id, stored=rows)
     await session.commit()
     return rows
 

@@ -1,16 +1,25 @@
 """Counts for dashboards: storage/counts.py and its REST twin GET /orgs/{org_id}/events/counts."""
 
+import random
+import re
+import sqlite3
+from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import product
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
+from sqlalchemy import event, select
 
+from bench.load import load
 from storage import counts
-from storage.counts import CountBy, InvalidCounts, count_events, event_counts
+from storage.counts import ROLL_UPS, CountBy, InvalidCounts, count_events, event_counts
 from storage.database import Database
-from storage.domain import EventFilter, EventStatus, EventType
-from storage.events import Page, Window, list_events
+from storage.domain import EventFilter, EventStatus, EventType, NewEvent
+from storage.events import Page, Window, list_events, log_events
+from storage.models import events
 from tests.factories import BASE_TIME, auth, make_events
 from tests.rest_assertions import assert_problem
 from tests.sql_statements import SQLStatements
@@ -48,6 +57,19 @@ WINDOWS = {
 
 def hour(text: str) -> str:
     return f"2023-11-18T{text}:00:00Z"
+
+
+ROLL_UP_NAME = re.compile("|".join(rf"\b{table.name}\b" for table in ROLL_UPS))
+
+
+def counting(seen: SQLStatements) -> list[str]:
+    """The statements that count events: a COUNT over events, or a read of the roll-ups."""
+    return [
+        statement
+        for statement in seen.statements
+        if statement.lstrip().upper().startswith("SELECT")
+        and (ROLL_UP_NAME.search(statement) or statement in seen.counts)
+    ]
 
 
 async def counted(db: Database, by: CountBy, window: Window = DAY_WINDOW, **options: Any):
@@ -200,6 +222,306 @@ async def test_time_buckets_at_the_end_of_the_calendar_do_not_overflow(db, acme_
     assert await counted(db, CountBy.DAY, last_day) == ([("9999-12-31T00:00:00Z", 0)], 0)
 
 
+# The roll-ups against the rows: every answer equals a count over the stored events.
+
+START = datetime(2023, 11, 17, tzinfo=UTC)
+CONTAINERS = ["box01", "box02", "box03", "box04", "box05"]
+# Window ends: on the hour, just inside and outside hours and days, in the first and last part
+# of an hour (an edge read from the events, or the hour's roll-up less the rest), the half hour.
+INSTANTS = [
+    START + offset
+    for offset in (
+        timedelta(0),
+        timedelta(hours=3, minutes=10),
+        timedelta(hours=3, minutes=30),
+        timedelta(hours=3, minutes=50),
+        timedelta(hours=4, minutes=20),
+        timedelta(hours=6, microseconds=-1),
+        timedelta(hours=24),
+        timedelta(hours=30, minutes=45, seconds=30, microseconds=500_000),
+        timedelta(hours=50),
+    )
+]
+WINDOWS_AROUND = [
+    Window(since, until)
+    for since, until in product([None, *INSTANTS], [None, *INSTANTS])
+    if since is None or until is None or since < until
+] + [Window(INSTANTS[1], INSTANTS[1]), Window(INSTANTS[2], INSTANTS[1])]
+SELECTIONS = [
+    *[(event_filter, None) for event_filter in [None, *EventFilter]],
+    (None, "box01"),
+    (EventFilter.FAIL, "box01"),
+    (EventFilter.EXPIRE, "box02"),
+    (None, "nowhere"),
+]
+
+
+def scattered_events(seed: int, count: int) -> list[tuple[str, NewEvent]]:
+    """Events over 50 hours from START, some stamped exactly at the window ends."""
+    rng = random.Random(seed)
+    moments = [
+        START + timedelta(microseconds=rng.randrange(50 * 3600 * 10**6)) for _ in range(count)
+    ]
+    moments += INSTANTS + [START + timedelta(hours=24, microseconds=1)]
+    return [
+        (
+            rng.choice(CONTAINERS[:1] * 4 + CONTAINERS),
+            NewEvent(
+                event_type=rng.choice(list(EventType)),
+                status=rng.choice([EventStatus.SUCCESS] * 3 + [EventStatus.FAILURE]),
+                timestamp=at,
+            ),
+        )
+        for at in moments
+    ]
+
+
+async def log_out_of_order(db: Database, client, key: str, items: list[tuple[str, NewEvent]]):
+    """Store events in shuffled batches, so most land in hours already counted; a few through
+    the REST POST."""
+    rng = random.Random(len(items))
+    items = items[:]
+    rng.shuffle(items)
+    posted, items = items[:8], items[8:]
+    while items:
+        size = rng.randint(1, 40)
+        async with db.session() as session:
+            await log_events(session, org_id="acme", items=items[:size])
+        items = items[size:]
+    for container_id, new_event in posted:
+        answer = await client.post(
+            f"/orgs/acme/containers/{container_id}/events",
+            json={**new_event.model_dump(mode="json"), "actor": None},
+            headers=auth(key),
+        )
+        assert answer.status_code == 200, answer.text
+
+
+async def stored_rows(db: Database, org_id: str | None = "acme") -> Sequence[Any]:
+    query = select(events.c.org_id, events.c.container_id, events.c.event_type)
+    query = query.add_columns(events.c.status, events.c.timestamp)
+    if org_id is not None:
+        query = query.where(events.c.org_id == org_id)
+    async with db.session() as session:
+        return (await session.execute(query)).all()
+
+
+def _hour_floor(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _selected(rows: Sequence[Any], event_filter, container_id, window: Window) -> list[Any]:
+    return [
+        row
+        for row in rows
+        if (
+            event_filter is None
+            or (event_filter is EventFilter.FAIL and row.status == "FAILURE")
+            or row.event_type == event_filter.value
+        )
+        and (container_id is None or row.container_id == container_id)
+        and (window.since is None or row.timestamp >= window.since)
+        and (window.until is None or row.timestamp < window.until)
+    ]
+
+
+def expected_counts(rows: Sequence[Any], by: CountBy, window: Window, event_filter, container_id):
+    """What event_counts must answer, counted from the rows themselves."""
+    selected = _selected(rows, event_filter, container_id, window)
+    if by in (CountBy.HOUR, CountBy.DAY):
+        assert window.since is not None and window.until is not None
+        floor = _hour_floor if by is CountBy.HOUR else lambda at: _hour_floor(at).replace(hour=0)
+        step = timedelta(hours=1) if by is CountBy.HOUR else timedelta(days=1)
+        found = Counter(floor(row.timestamp) for row in selected)
+        start, buckets = floor(window.since), []
+        while start < window.until and window.since < window.until:
+            buckets.append((start.strftime("%Y-%m-%dT%H:%M:%SZ"), found[start]))
+            if datetime.max.replace(tzinfo=UTC) - start < step:
+                break
+            start += step
+        return buckets, len(selected)
+    column = {CountBy.TYPE: "event_type", CountBy.STATUS: "status"}.get(by, "container_id")
+    found = Counter(getattr(row, column) for row in selected)
+    ranked = sorted(found.items(), key=lambda item: (-item[1], item[0]))
+    return ranked[: counts.MAX_BUCKETS], len(selected)
+
+
+async def assert_counts_match_the_rows(
+    db: Database, by: CountBy | None, windows: list[Window], selections=SELECTIONS
+):
+    rows = await stored_rows(db)
+    for window, (event_filter, container_id) in product(windows, selections):
+        options = {"event_filter": event_filter, "container_id": container_id}
+        if by is None:
+            async with db.session() as session:
+                total = await count_events(session, org_id="acme", window=window, **options)
+            assert total == len(_selected(rows, event_filter, container_id, window)), options
+        elif by in BUCKET_GROUPINGS and (window.since is None or window.until is None):
+            continue
+        else:
+            found = await counted(db, by, window, **options)
+            assert found == expected_counts(rows, by, window, **options), (window, options)
+
+
+BUCKET_GROUPINGS = (CountBy.HOUR, CountBy.DAY)
+
+
+@pytest.mark.parametrize("by", [None, *CountBy], ids=lambda by: f"by_{by}" if by else "total")
+async def test_every_count_equals_a_count_of_the_stored_rows(
+    client, db, acme_key, other_key, by, monkeypatch
+):
+    await log_out_of_order(db, client, acme_key, scattered_events(seed=1, count=300))
+    await make_events(db, "other", MIXED)
+
+    await assert_counts_match_the_rows(db, by, WINDOWS_AROUND)
+    if by is CountBy.CONTAINER:
+        monkeypatch.setattr(counts, "MAX_BUCKETS", 2)
+        await assert_counts_match_the_rows(db, by, WINDOWS_AROUND[::5])
+
+
+async def test_counts_reach_the_first_and_last_hours_of_the_calendar_and_before_1970(
+    client, db, acme_key
+):
+    first = datetime(1, 1, 1, tzinfo=UTC)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    last = datetime(9999, 12, 31, 23, tzinfo=UTC)
+    minutes = [timedelta(minutes=minute) for minute in (0, 20, 50, 60)]
+    moments = (
+        [first + minute for minute in minutes]
+        + [epoch - minute for minute in minutes]
+        + [last + minute for minute in minutes[:3]]
+        + [last - timedelta(microseconds=1), datetime.max.replace(tzinfo=UTC)]
+    )
+    await make_events(
+        db, "acme", [("box01", {"event_type": "ACCESS", "timestamp": at}) for at in moments]
+    )
+    ends = [*moments, last + timedelta(minutes=40), epoch - timedelta(minutes=75)]
+    windows = [Window(since, until) for since, until in product([None, *ends], [None, *ends])]
+    narrow = [w for w in windows if w.since and w.until and w.until - w.since < timedelta(days=5)]
+
+    selections = [(None, None), (EventFilter.ACCESS, "box01")]
+    for by in [None, CountBy.TYPE]:
+        await assert_counts_match_the_rows(db, by, windows, selections)
+    for by in BUCKET_GROUPINGS:
+        await assert_counts_match_the_rows(db, by, narrow, selections)
+
+
+async def test_an_event_logged_late_is_counted_in_the_hour_it_happened(db, acme_key):
+    morning = datetime(2023, 11, 18, 9, tzinfo=UTC)
+    await make_events(db, "acme", [("c1", {"event_type": "ACCESS", "timestamp": hour("12")})])
+    await make_events(
+        db, "acme", [("c1", {"event_type": "BLOCK", "timestamp": morning + timedelta(minutes=15)})]
+    )
+    window = Window(morning, datetime(2023, 11, 18, 13, tzinfo=UTC))
+
+    assert await counted(db, CountBy.HOUR, window) == (
+        [(hour("09"), 1), (hour("10"), 0), (hour("11"), 0), (hour("12"), 1)],
+        2,
+    )
+    assert await counted(db, CountBy.TYPE, window) == ([("ACCESS", 1), ("BLOCK", 1)], 2)
+
+
+async def roll_up_contents(db: Database) -> dict[str, Counter[tuple[Any, ...]]]:
+    """Each roll-up table's rows, with hours as the datetimes they start at."""
+    found = {}
+    async with db.session() as session:
+        for table in ROLL_UPS:
+            rows = (await session.execute(select(table))).mappings().all()
+            found[table.name] = Counter(
+                {
+                    tuple(
+                        counts.EPOCH + timedelta(hours=row[name]) if name == "hour" else row[name]
+                        for name in table.primary_key.columns.keys()  # noqa: SIM118
+                    ): row["event_count"]
+                    for row in rows
+                }
+            )
+    return found
+
+
+def roll_ups_of(rows: Sequence[Any]) -> dict[str, Counter[tuple[Any, ...]]]:
+    """What each roll-up table must hold for these rows, counted from the rows themselves."""
+    found: dict[str, Counter[tuple[Any, ...]]] = {}
+    for table in ROLL_UPS:
+        names = table.primary_key.columns.keys()
+        found[table.name] = Counter(
+            tuple(
+                _hour_floor(row.timestamp) if name == "hour" else getattr(row, name)
+                for name in names
+            )
+            for row in rows
+        )
+    return found
+
+
+async def test_the_roll_ups_hold_exactly_the_stored_events(client, db, acme_key, other_key):
+    await log_out_of_order(db, client, acme_key, scattered_events(seed=2, count=200))
+    await make_events(db, "other", MIXED)
+
+    assert await roll_up_contents(db) == roll_ups_of(await stored_rows(db, org_id=None))
+
+
+class Stored(NamedTuple):
+    org_id: str
+    container_id: str
+    event_type: str
+    status: str
+    timestamp: datetime
+
+
+def test_the_bench_loader_fills_the_roll_ups_as_log_events_would(tmp_path: Path):
+    path = tmp_path / "events.db"
+    load(path, 3000, seed=3, quiet=True)
+
+    with sqlite3.connect(path) as connection:
+        query = "SELECT org_id, container_id, event_type, status, timestamp FROM events"
+        rows = [
+            Stored(*row[:4], datetime.fromisoformat(row[4] + "+00:00"))
+            for row in connection.execute(query)
+        ]
+        found = {}
+        for table in ROLL_UPS:
+            names = table.primary_key.columns.keys()
+            selected = f"SELECT {', '.join(names)}, event_count FROM {table.name}"
+            found[table.name] = Counter(
+                {
+                    tuple(
+                        counts.EPOCH + timedelta(hours=value) if name == "hour" else value
+                        for name, value in zip(names, row[:-1], strict=True)
+                    ): row[-1]
+                    for row in connection.execute(selected)
+                }
+            )
+    assert found == roll_ups_of(rows)
+
+
+class Refused(Exception):
+    """A statement the database was made to refuse."""
+
+
+@pytest.mark.parametrize("table", [events, *ROLL_UPS], ids=lambda table: table.name)
+async def test_a_write_that_fails_leaves_the_events_and_their_counts_as_they_were(
+    db, acme_key, table
+):
+    await make_events(db, "acme", TIMED)
+    before = await roll_up_contents(db), await stored_rows(db)
+    insert = re.compile(rf"\s*INSERT INTO {table.name}\b", re.IGNORECASE)
+
+    def refuse(_connection: object, _cursor: object, statement: str, *_rest: object) -> None:
+        if insert.match(statement):
+            raise Refused(table.name)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", refuse)
+    try:
+        with pytest.raises(Refused):
+            await make_events(db, "acme", TIMED[:3] + [("c9", {"event_type": "CREATE"})])
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", refuse)
+
+    assert (await roll_up_contents(db), await stored_rows(db)) == before
+    assert await roll_up_contents(db) == roll_ups_of(await stored_rows(db))
+
+
 # REST twin
 
 
@@ -285,7 +607,7 @@ async def test_bad_input_answers_400_naming_the_field_before_any_counting(
         answer = await get_counts(client, acme_key, **params)
 
     assert_problem(answer, 400, field)
-    assert seen.counts == []
+    assert counting(seen) == []
 
 
 async def test_a_repeated_parameter_answers_400(client, acme_key):
