@@ -1,5 +1,7 @@
 """The Strawberry schema, assembled in one place with its abuse limits."""
 
+from datetime import datetime
+
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
@@ -16,6 +18,7 @@ from schema.errors import ErrorCodes, is_unexpected
 from schema.execution import GatewayExecutor
 from schema.mutation import Mutation
 from schema.query import Query
+from schema.scalars import DateTime
 
 
 class GatewaySchema(strawberry.Schema):
@@ -47,4 +50,5 @@ def build_schema(
             lambda: ValidationCache(maxsize=256),
         ],
         execution_context_class=GatewayExecutor,
+        scalar_overrides={datetime: DateTime},
     )

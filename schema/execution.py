@@ -57,9 +57,10 @@ class GatewayExecutor(StrawberryGraphQLCoreExecutionContext):
     directly, and a list of objects selecting only such fields is completed in one loop.
     Anything unusual (a null for a non-null field, an awaitable, an exception, a value the
     scalar refuses) sends the whole object or list back through graphql-core, which reads it
-    again and reports exactly as it always does. Resolvers, arguments, field middleware,
-    __typename and abstract types always take graphql-core's path; @skip and @include are
-    applied before any of this, when the fields are collected.
+    again and reports exactly as it always does. Fields with resolvers or arguments,
+    __typename, lists of interfaces or unions, and every field when there is field middleware
+    always take graphql-core's path; @skip and @include are applied before any of this, when
+    the fields are collected.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
