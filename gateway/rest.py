@@ -3,6 +3,7 @@
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import orjson
 from pydantic import ValidationError
@@ -115,7 +116,9 @@ def parse_window(values: dict[str, str]) -> Window:
     return window
 
 
-def _parse_listing(query: QueryParams, allowed: tuple[str, ...]) -> tuple[Window, Page, str | None]:
+def _parse_listing(
+    query: QueryParams, allowed: tuple[str, ...]
+) -> tuple[dict[str, str], Window, Page]:
     values = single_values(query, allowed)
     window = parse_window(values)
     order = parse_choice("order", values.get("order", "desc"), Order)
@@ -125,7 +128,7 @@ def _parse_listing(query: QueryParams, allowed: tuple[str, ...]) -> tuple[Window
         )
     except InvalidPage as error:
         raise invalid(error.part, str(error)) from None
-    return window, page, values.get("container_id")
+    return values, window, page
 
 
 async def _event_list(
@@ -137,9 +140,8 @@ async def _event_list(
 ) -> JSONResponse:
     """One page of events; a container named in the path must exist, one in the query need not."""
     db, org_id = await authorized_org(request)
-    window, page, container_id = _parse_listing(request.query_params, allowed)
-    if path_container_id is not None:
-        container_id = path_container_id
+    values, window, page = _parse_listing(request.query_params, allowed)
+    container_id = values.get("container_id") if path_container_id is None else path_container_id
     if container_id is not None:
         checked_id("container_id", container_id)
     async with db.reader() as reader:
@@ -160,7 +162,8 @@ async def _event_list(
             raise Problem(404, f"Container {path_container_id!r} not found.")
     headers = {}
     if found.next_cursor is not None:
-        next_url = request.url.include_query_params(cursor=found.next_cursor)
+        # The request's own parameters, already parsed, with the next cursor.
+        next_url = request.url.replace(query=urlencode({**values, "cursor": found.next_cursor}))
         headers["Link"] = f'<{next_url}>; rel="next"'
     body = {"events": [event_json(row) for row in found.rows], "next_cursor": found.next_cursor}
     return JSONResponse(body, headers=headers)
