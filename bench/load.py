@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Table, create_engine, func, select
+from sqlalchemy import Table, create_engine, func, literal, select, union_all
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -31,7 +31,7 @@ from sqlmodel import SQLModel
 from tqdm import tqdm
 
 from storage import windows
-from storage.counts import FINEST, FineKey, hour_of, key_columns
+from storage.counts import DAY_HOURS, DAY_STEP, FINEST, FineKey, hour_of, key_columns
 from storage.database import Database
 from storage.domain import EventStatus, EventType
 from storage.models import (
@@ -42,6 +42,7 @@ from storage.models import (
     event_zones,
     events,
     late_events,
+    totals_by_container_day,
     totals_by_container_hour,
 )
 from storage.orgs import create_org
@@ -409,6 +410,33 @@ def _sum_roll_ups(raw: sqlite3.Connection) -> None:
         summed = select(*key, func.sum(source.c.event_count)).group_by(*key)
         insert = table.insert().from_select([*key_columns(table), "event_count"], summed)
         raw.execute(str(insert.compile(dialect=sqlite.dialect())))
+    _sum_days(raw)
+
+
+def _sum_days(raw: sqlite3.Connection) -> None:
+    """The containers' days: each hour's totals added to every day that holds it."""
+    hourly = totals_by_container_hour
+    # storage.counts.day_starts in SQL: SQLite's % keeps the sign, so floor it for any hour.
+    last = hourly.c.hour - (hourly.c.hour % DAY_STEP + DAY_STEP) % DAY_STEP
+    spread = union_all(
+        *[
+            select(
+                hourly.c.org_id,
+                (last - literal(back)).label("start_hour"),
+                hourly.c.container_id,
+                hourly.c.event_count,
+            )
+            for back in range(0, DAY_HOURS, DAY_STEP)
+        ]
+    ).subquery()
+    key = [spread.c.org_id, spread.c.start_hour, spread.c.container_id]
+    summed = select(*key, func.sum(spread.c.event_count)).group_by(*key)
+    insert = totals_by_container_day.insert().from_select(
+        [*key_columns(totals_by_container_day), "event_count"], summed
+    )
+    raw.execute(
+        str(insert.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    )
 
 
 def sqlite_path(database_url: str) -> Path:

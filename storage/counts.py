@@ -8,12 +8,14 @@ COUNT over `events`:
 - over a window, whole hours from the counts per org-hour by type and status, per
   org-hour-container by type and status (for counts that name a container, and for containers
   grouped under a filter), and per org-hour-container for every type and status together (for
-  containers grouped without a filter). An end of the window inside an hour is counted from
-  `events` through ix_events_org_time: the part of that hour inside the window, or, when that is
-  the longer part, the hour's roll-up less the part outside it.
+  containers grouped without a filter, with the containers' days when those cost less: a day
+  holds a busy org's containers in fewer rows than its hours). An end of the window inside an
+  hour is counted from `events` through ix_events_org_time: the part of that hour inside the
+  window, or, when that holds fewer events, the hour's roll-up less the part outside it.
 
-A count therefore reads at most about an hour of events plus one roll-up row per hour and key,
-whatever the window and however large the table.
+A count therefore reads at most about an hour of events plus one roll-up row per hour (or day)
+and key, whatever the window and however large the table: no filter, container or grouping
+falls back to counting the rows of the whole window.
 """
 
 from collections import Counter
@@ -51,7 +53,9 @@ from storage.models import (
     counts_by_org,
     counts_by_org_hour,
     events,
+    totals_by_container_day,
     totals_by_container_hour,
+    utcnow,
 )
 
 MAX_BUCKETS = 1000
@@ -64,7 +68,14 @@ ROLL_UPS = (
     counts_by_org_hour,
     counts_by_container_hour,
     totals_by_container_hour,
+    totals_by_container_day,
 )
+# Containers' days start every DAY_STEP hours and last DAY_HOURS. Reading one costs about as
+# much as DAY_COST hours of them: a day lists a container once, each hour every container seen
+# in it (about 7 hours' worth for the bench's Zipf-like traffic, at most 24).
+DAY_HOURS = 24
+DAY_STEP = 6
+DAY_COST = 8
 
 
 class CountBy(StrEnum):
@@ -107,6 +118,12 @@ def hour_of(moment: datetime) -> int:
     return (moment - EPOCH) // HOUR
 
 
+def day_starts(hour: int) -> range:
+    """The start hours of the containers' days that hold `hour`."""
+    last = hour - hour % DAY_STEP
+    return range(last - DAY_HOURS + DAY_STEP, last + 1, DAY_STEP)
+
+
 def _hour_start(hour: int) -> datetime | None:
     """When an hour starts; None for the hour after the calendar's last."""
     try:
@@ -132,12 +149,17 @@ def roll_up(fine: Mapping[FineKey, int]) -> dict[Table, Counter[tuple[Any, ...]]
     """Each roll-up table's increments for these finest counts, keyed in its columns' order."""
     finest = key_columns(FINEST)
     found = {}
-    for table in ROLL_UPS:
+    for table in ROLL_UPS[:-1]:
         key_of = itemgetter(*[finest.index(name) for name in key_columns(table)])
         increments: Counter[tuple[Any, ...]] = Counter()
         for key, count in fine.items():
             increments[key_of(key)] += count
         found[table] = increments
+    days: Counter[tuple[Any, ...]] = Counter()
+    for (org_id, hour, container_id), count in found[totals_by_container_hour].items():
+        for start in day_starts(hour):
+            days[org_id, start, container_id] += count
+    found[totals_by_container_day] = days
     return found
 
 
@@ -193,9 +215,15 @@ class _Split:
     edges: tuple[_Edge, ...]
 
 
-def _split(since: datetime | None, until: datetime | None) -> _Split:
-    """Whole hours plus the events of at most half an hour at each end (both ends in one hour:
-    the events between them)."""
+def _split(since: datetime | None, until: datetime | None, now: datetime) -> _Split:
+    """Whole hours, plus at each end inside an hour whichever part of that hour holds fewer
+    events: the part inside the window, or the part outside it taken off the hour's roll-up.
+    Fewer is judged by time up to `now`, the later part of the current hour being empty but
+    for events stamped ahead. Both ends in one hour: the events between them."""
+
+    def cost(since: datetime, until: datetime | None) -> timedelta:
+        return max(timedelta(0), (now if until is None else min(until, now)) - since)
+
     first_hour = end_hour = None
     edges = []
     if since is not None:
@@ -206,7 +234,7 @@ def _split(since: datetime | None, until: datetime | None) -> _Split:
             first_hour = hour
         elif until is not None and (end is None or until <= end):
             return _Split(hour, hour, (_Edge(hour, since, until, 1),))
-        elif end is None or end - since <= since - start:
+        elif cost(since, end) <= cost(start, since):
             first_hour = hour + 1
             edges.append(_Edge(hour, since, end, 1))
         else:
@@ -218,7 +246,7 @@ def _split(since: datetime | None, until: datetime | None) -> _Split:
         assert start is not None
         if until == start:
             end_hour = hour
-        elif end is not None and end - until < until - start:
+        elif cost(until, end) < cost(start, until):
             end_hour = hour + 1
             edges.append(_Edge(hour, until, end, -1))
         else:
@@ -309,25 +337,68 @@ class _Grouping:
         return select(count.label("n"))
 
 
+def _days(first_hour: int | None, end_hour: int | None) -> tuple[int, int] | None:
+    """The containers' days, as (first start, how many), that cost less than the hours
+    [first_hour, end_hour) once the hours around them are added or taken off; or None."""
+    if first_hour is None or end_hour is None:
+        return None
+    cheapest, days = end_hour - first_hour, None
+    earlier = first_hour - first_hour % DAY_STEP
+    for start in (earlier, earlier + DAY_STEP):
+        around = round((end_hour - start) / DAY_HOURS)
+        for count in (around - 1, around, around + 1):
+            end = start + count * DAY_HOURS
+            cost = count * DAY_COST + abs(start - first_hour) + abs(end - end_hour)
+            if count > 0 and cost < cheapest:
+                cheapest, days = cost, (start, count)
+    return days
+
+
+def _rolled(
+    selection: _Selection, table: Table, grouping: _Grouping, split: _Split
+) -> list[Select[Any]]:
+    """Roll-up rows for the window's whole hours: the hours themselves or, when containers
+    are grouped without a filter and it costs less, containers' days and the hours around."""
+
+    def hours(first: int | None, end: int | None, sign: int) -> Select[Any]:
+        count = table.c.event_count if sign > 0 else -table.c.event_count
+        query = select(*grouping.rolled(table), count.label("n"))
+        query = query.where(*selection.criteria(table, lambda column: column))
+        if first is not None:
+            query = query.where(table.c.hour >= first)
+        return query if end is None else query.where(table.c.hour < end)
+
+    first, end = split.first_hour, split.end_hour
+    if first is not None and end is not None and first >= end:
+        return []
+    days = _days(first, end) if table is totals_by_container_hour else None
+    if days is None or first is None or end is None:
+        return [hours(first, end, 1)]
+    start, count = days
+    day = totals_by_container_day
+    starts = [start + index * DAY_HOURS for index in range(count)]
+    parts = [
+        select(*grouping.rolled(day), day.c.event_count.label("n")).where(
+            *selection.criteria(day, lambda column: column), day.c.start_hour.in_(starts)
+        )
+    ]
+    # The hours between the window's ends and the days' ends: added inside, taken off outside.
+    covered = start + count * DAY_HOURS
+    around = [(first, start, 1), (start, first, -1), (covered, end, 1), (end, covered, -1)]
+    return parts + [hours(since, until, sign) for since, until, sign in around if since < until]
+
+
 def _counted(
     selection: _Selection, dialect: str, grouping: _Grouping, by: CountBy | None
 ) -> Select[Any] | CompoundSelect:
     """One statement whose rows, (key, n) or (n), add up to the selection's counts: roll-up
     rows, plus each edge's events (negative for a part taken off the hour's roll-up)."""
     table = selection.roll_ups(by)
-    rolled = select(*grouping.rolled(table), table.c.event_count.label("n")).where(
-        *selection.criteria(table, lambda column: column)
-    )
     if not selection.windowed:
-        return rolled
-    split = _split(selection.window.since, selection.window.until)
-    if split.first_hour is not None:
-        rolled = rolled.where(table.c.hour >= split.first_hour)
-    if split.end_hour is not None:
-        rolled = rolled.where(table.c.hour < split.end_hour)
-    parts = []
-    if split.first_hour is None or split.end_hour is None or split.first_hour < split.end_hour:
-        parts.append(rolled)
+        rolled = select(*grouping.rolled(table), table.c.event_count.label("n"))
+        return rolled.where(*selection.criteria(table, lambda column: column))
+    split = _split(selection.window.since, selection.window.until, utcnow())
+    parts = _rolled(selection, table, grouping, split)
     hidden = _unindexed(dialect)
     for edge in split.edges:
         part = grouping.edge(edge, func.count() if edge.sign > 0 else -func.count())
@@ -410,21 +481,25 @@ async def event_counts(
     dialect = session.get_bind().dialect.name
     counted = _counted(selection, dialect, grouping, by).subquery()
     count = func.sum(counted.c.n)
-    # The total from the ungrouped roll-ups, in the same statement so it agrees with the
-    # buckets: a window function over thousands of container groups costs more.
-    every_event = _total(selection, dialect).scalar_subquery()
     query = (
-        select(counted.c.key, count.label("count"), every_event.label("total"))
+        select(counted.c.key, count.label("count"))
         .group_by(counted.c.key)
         .having(count > 0)
         .order_by(count.desc(), counted.c.key)
         .limit(MAX_BUCKETS)
     )
+    if by is CountBy.CONTAINER:
+        # More containers than listed may match: their total comes from the ungrouped
+        # roll-ups, in the same statement so that it agrees with the buckets.
+        query = query.add_columns(_total(selection, dialect).scalar_subquery().label("total"))
     rows = (await session.execute(query)).all()
-    total = int(rows[0].total) if rows else 0
+    if by is CountBy.CONTAINER:
+        total = int(rows[0].total) if rows else 0
+    else:
+        total = sum(int(size) for _key, size in rows)
     if by not in BUCKET_SPANS:
-        return EventCounts([EventCount(str(key), int(size)) for key, size, _ in rows], total)
-    found = {int(index): int(size) for index, size, _ in rows}
+        return EventCounts([EventCount(str(key), int(size)) for key, size, *_ in rows], total)
+    found = {int(index): int(size) for index, size in rows}
     buckets = [
         EventCount(_rfc3339(start), found.get(index, 0)) for index, start in enumerate(starts)
     ]

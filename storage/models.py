@@ -204,6 +204,22 @@ class ContainerHourTotal(SQLModel, table=True):
     event_count: int = Field(sa_type=BigInteger)
 
 
+class ContainerDayTotal(SQLModel, table=True):
+    """The same over the 24 hours from `start_hour`, a multiple of 6 (00, 06, 12, 18 UTC).
+
+    Each hour lies in four of these days, so a window of a day is one of them and at most three
+    hours at either end: a busy org's containers take fewer rows a day than an hour each.
+    """
+
+    __tablename__ = "event_totals_by_container_day"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    org_id: str = Field(primary_key=True, max_length=128)
+    start_hour: int = Field(primary_key=True)
+    container_id: str = Field(primary_key=True, max_length=128)
+    event_count: int = Field(sa_type=BigInteger)
+
+
 # Core handles on the same tables: reads and writes use rows, not ORM instances.
 organizations: Table = Organization.__table__  # type: ignore[attr-defined]
 containers: Table = Container.__table__  # type: ignore[attr-defined]
@@ -216,3 +232,4 @@ counts_by_container: Table = ContainerEventCount.__table__  # type: ignore[attr-
 counts_by_org_hour: Table = OrgHourEventCount.__table__  # type: ignore[attr-defined]
 counts_by_container_hour: Table = ContainerHourEventCount.__table__  # type: ignore[attr-defined]
 totals_by_container_hour: Table = ContainerHourTotal.__table__  # type: ignore[attr-defined]
+totals_by_container_day: Table = ContainerDayTotal.__table__  # type: ignore[attr-defined]
