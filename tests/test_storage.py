@@ -130,12 +130,13 @@ async def test_every_read_path_is_an_index_range_scan_without_sorting(
     assert "TEMP B-TREE" not in details, details
 
 
-WALKED_INDEX = {
-    "org": "ix_events_org",
-    "filter": "ix_events_org_type",
-    "fail": "ix_events_org_status",
-    "container": "ix_events_org_container",
-    "container_and_filter": "ix_events_org_container",
+# The indexes a window page may walk: either index of a container with a filter serves.
+WALKED_INDEXES = {
+    "org": ("ix_events_org",),
+    "filter": ("ix_events_org_type",),
+    "fail": ("ix_events_org_status",),
+    "container": ("ix_events_org_container",),
+    "container_and_filter": ("ix_events_org_container", "ix_events_org_type"),
 }
 
 
@@ -152,10 +153,13 @@ async def test_a_window_page_walks_its_read_path_inside_the_zones_id_range(
     walk = [
         step
         for step in steps
-        if step.startswith(f"SEARCH events USING INDEX {WALKED_INDEX[path]} ")
+        if any(
+            step.startswith(f"SEARCH events USING INDEX {name} ") for name in WALKED_INDEXES[path]
+        )
     ]
     assert walk and "id>? AND id<?" in walk[0], details
-    # Zones and late events through their keys; the time index, read whole, no more.
+    # Zones and late events through their keys; the time index, which would read the whole
+    # window, is not used.
     assert "SEARCH event_zones USING INDEX sqlite_autoindex_event_zones_1" in details, details
     assert "SEARCH late_events USING COVERING INDEX ix_late_events_org_time" in details, details
     assert "ix_events_org_time" not in details, details
