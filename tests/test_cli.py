@@ -24,8 +24,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.app import create_app
 from gateway.config import Settings
 from storage.database import Database
+from tests.conftest import POSTGRES_URL_VARIABLE
 
-POSTGRES_CLI_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test_cli"
 COMMAND_TIMEOUT = 60
 START_TIMEOUT = 30
 
@@ -299,19 +299,22 @@ def test_demo_fills_a_fresh_database_and_serves_its_curl_lines(tmp_path: Path) -
 
 
 async def test_orgs_create_and_keys_list_on_postgresql() -> None:
-    """PostgreSQL variant: the CLI against database test_cli, skipped when it is not there."""
-    db = Database(POSTGRES_CLI_URL)
+    """PostgreSQL variant: the CLI against the suite's PostgreSQL database, emptied first."""
+    url = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not url:
+        pytest.skip(f"PostgreSQL not configured: set {POSTGRES_URL_VARIABLE} (.ci/run does)")
+    db = Database(url)
     try:
         await db.drop_schema()
     except (OSError, SQLAlchemyError) as error:
-        pytest.skip(f"PostgreSQL test_cli database not reachable: {error}")
+        pytest.skip(f"PostgreSQL at {POSTGRES_URL_VARIABLE} not reachable: {error}")
     finally:
         await db.dispose()
 
-    key = create_org_key("acme", POSTGRES_CLI_URL)
-    listed = run_cli("keys", "list", "acme", database_url=POSTGRES_CLI_URL)
+    key = create_org_key("acme", url)
+    listed = run_cli("keys", "list", "acme", database_url=url)
 
     assert listed.returncode == 0, listed.stderr
     assert key[:10] + "..." in listed.stdout
-    assert await status_with_key(POSTGRES_CLI_URL, key) == 200
-    _assert_clean_failure(run_cli("orgs", "create", "acme", database_url=POSTGRES_CLI_URL))
+    assert await status_with_key(url, key) == 200
+    _assert_clean_failure(run_cli("orgs", "create", "acme", database_url=url))
