@@ -12,7 +12,6 @@ from sqlalchemy import (
     Integer,
     Select,
     bindparam,
-    func,
     literal_column,
     select,
     type_coerce,
@@ -26,6 +25,7 @@ from storage.cursors import InvalidCursor, decode_event_cursor, encode_event_cur
 from storage.domain import EventFilter, EventStatus, NewEvent, Order
 from storage.driver import Reader
 from storage.models import UTCDateTime, containers, events, late_events, utcnow
+from storage.sql import least_and_greatest
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -145,7 +145,8 @@ class PageShape:
         late = (
             select(late_events.c.id)
             .join(events, events.c.id == late_events.c.id)
-            .where(*windows.late_in_window(self.since, self.until))
+            .where(late_events.c.org_id == bindparam("org_id"))
+            .where(*self._in_window(late_events.c.timestamp))
             .where(*self._criteria(hidden))
         )
         limit = bindparam("limit", type_=Integer())
@@ -161,8 +162,7 @@ class PageShape:
         Given a third bound, SQLite's planner walks (org_id, id) and tests each row's filter
         instead of walking the filter's own index.
         """
-        postgres = dialect_name == "postgresql"
-        lowest, highest = (func.least, func.greatest) if postgres else (func.min, func.max)
+        lowest, highest = least_and_greatest(dialect_name)
         lower: list[ColumnElement[int]] = []
         upper: list[ColumnElement[int]] = []
         if self.since:
@@ -251,7 +251,7 @@ async def list_events(
 
 def _upsert_container(dialect: str, *, org_id: str, container_id: str, at: datetime) -> Executable:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    latest = func.greatest if dialect == "postgresql" else func.max
+    _, latest = least_and_greatest(dialect)
     statement = insert(containers).values(
         org_id=org_id, id=container_id, created_at=utcnow(), last_event_at=at
     )

@@ -22,7 +22,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Integer,
     ScalarSelect,
     bindparam,
@@ -35,6 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import UTCDateTime, event_zones, late_events
+from storage.sql import least_and_greatest
 
 LATE_AFTER = timedelta(minutes=10)
 MINUTE = 60
@@ -93,16 +93,6 @@ def zone_bound(lowest: bool) -> ScalarSelect[Any]:
     return select(aggregate(bounds.c.bound)).scalar_subquery()
 
 
-def late_in_window(since: bool, until: bool) -> list[ColumnElement[bool]]:
-    """The late events of the window, found through ix_late_events_org_time."""
-    criteria = [late_events.c.org_id == bindparam("org_id")]
-    if since:
-        criteria.append(late_events.c.timestamp >= bindparam("since", type_=UTCDateTime))
-    if until:
-        criteria.append(late_events.c.timestamp < bindparam("until", type_=UTCDateTime))
-    return criteria
-
-
 async def record_windows(
     session: AsyncSession, *, org_id: str, stored: Iterable[tuple[int, datetime, datetime]]
 ) -> None:
@@ -131,10 +121,9 @@ async def record_windows(
 
 
 def _widen_zones(dialect: str) -> Any:
-    postgres = dialect == "postgresql"
-    insert = postgresql.insert if postgres else sqlite.insert
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(event_zones)
-    lowest, highest = (func.least, func.greatest) if postgres else (func.min, func.max)
+    lowest, highest = least_and_greatest(dialect)
     return statement.on_conflict_do_update(
         index_elements=[event_zones.c.org_id, event_zones.c.span_seconds, event_zones.c.start],
         set_={
