@@ -100,6 +100,8 @@ ROWS_PER_INSERT = 100
 SECOND_US = 1_000_000
 HOUR_US = 3_600 * SECOND_US
 LATE_AFTER_US = int(windows.LATE_AFTER.total_seconds() * SECOND_US)
+# What log_events records beside the events, in the order they are written and copied.
+RECORD_TABLES = (containers, event_zones, late_events, *ROLL_UPS)
 ZONE_SPANS = (windows.MINUTE, windows.HOUR)
 
 IntArray = npt.NDArray[np.int64]
@@ -623,10 +625,6 @@ def _insert(raw: sqlite3.Connection, table: Table, columns: Mapping[str, ObjectA
         for index, name in enumerate(names):
             parameters[:, index::width] = columns[name][first:end].reshape(-1, rows)
         raw.executemany(_insert_sql(table, names, rows), parameters.tolist())
-
-
-# What log_events records beside the events, in the order they are written and copied.
-RECORD_TABLES = (containers, event_zones, late_events, *ROLL_UPS)
 
 
 def _write_records(
