@@ -1,10 +1,13 @@
 """HTTP throughput and latency of a 100-event page, against a ceiling and a floor, in one run.
 
-    python -m bench.http [--events 100000] [--seconds 10] [--connections 16]
+    python -m bench.http [--events 100000] [--seconds 5] [--rounds 3] [--connections 16]
 
-Each server runs alone under uvicorn with one worker on 127.0.0.1; wrk (Debian package
-`wrk`) is the load generator. Printed per target: requests/s, p50 and p99 latency, and the
-ratio of its requests/s to the constant-JSON ceiling and to the raw-driver floor.
+Every server runs under uvicorn with one worker on 127.0.0.1, and wrk (Debian package `wrk`)
+loads one of them at a time while the others sit idle. The targets take turns for several
+rounds, so a burst of noise on this shared machine lands on every target alike rather than on
+whichever ran during it. Printed per target: the median over rounds of requests/s, p50 and p99
+latency, and the ratio of its requests/s to the constant-JSON ceiling and to the raw-driver
+floor; then each round's ratios, to show how much they move.
 """
 
 import argparse
@@ -12,17 +15,18 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.load import default_database_path, key_path, load, read_manifest
+from bench.load import default_database_path, key_path, load, read_manifest, sqlite_path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = "id containerId eventType status timestamp receivedAt actor details"
@@ -75,6 +79,9 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    # The server's own CPU time (all its threads) per answered request: unlike requests/s,
+    # it barely moves when another process takes a core.
+    cpu_ms_per_request: float = 0.0
     peak_rss_mib: float = 0.0
 
 
@@ -84,6 +91,12 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far, all threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -132,7 +145,7 @@ def serving(target: Target, env: dict[str, str]) -> Iterator[tuple[str, int]]:
         server.wait(timeout=10)
 
 
-def _wrk_script(target: Target, key: str, directory: Path) -> Path:
+def _wrk_script(target: Target, key: str, script: Path) -> Path:
     headers = {"Authorization": f"Bearer {key}"} if target.authenticated else {}
     lines = [
         f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}" for name, value in headers.items()
@@ -143,7 +156,6 @@ def _wrk_script(target: Target, key: str, directory: Path) -> Path:
             'wrk.headers["Content-Type"] = "application/json"',
             f"wrk.body = {json.dumps(json.dumps({'query': target.graphql}))}",
         ]
-    script = directory / "target.lua"
     script.write_text("\n".join(lines) + "\n")
     return script
 
@@ -156,18 +168,20 @@ def _milliseconds(text: str) -> float:
     raise ValueError(f"unknown latency {text!r}")
 
 
-def measure(url: str, script: Path, *, seconds: int, connections: int) -> Result:
+def measure(url: str, script: Path, *, pid: int, seconds: int, connections: int) -> Result:
     subprocess.run(  # warm-up: caches, connections, the first compile of each statement
         ["wrk", "-t1", f"-c{connections}", "-d2s", "-s", str(script), url],
         check=True,
         capture_output=True,
     )
+    cpu_before = cpu_seconds(pid)
     output = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
+    cpu = cpu_seconds(pid) - cpu_before
     rate = p50 = p99 = None
     errors = 0
     for line in output.splitlines():
@@ -182,20 +196,54 @@ def measure(url: str, script: Path, *, seconds: int, connections: int) -> Result
             errors = int(parts[-1])
     if rate is None or p50 is None or p99 is None:
         raise RuntimeError("could not read wrk's output:\n" + output)
-    return Result(rate, p50, p99, errors)
+    return Result(rate, p50, p99, errors, cpu * 1000 / (rate * seconds))
+
+
+def _median(results: Sequence[Result]) -> Result:
+    return Result(
+        requests_per_second=statistics.median(r.requests_per_second for r in results),
+        p50_ms=statistics.median(r.p50_ms for r in results),
+        p99_ms=statistics.median(r.p99_ms for r in results),
+        errors=sum(r.errors for r in results),
+        cpu_ms_per_request=statistics.median(r.cpu_ms_per_request for r in results),
+        peak_rss_mib=max(r.peak_rss_mib for r in results),
+    )
+
+
+CEILING, FLOOR = "ceiling: constant JSON", "floor: raw aiosqlite + orjson"
+REST, GRAPHQL, BASELINE = "REST shim page", "GraphQL, gateway", "GraphQL, default Strawberry"
+
+
+def _ratios(rates: dict[str, float]) -> str:
+    return (
+        f"REST / floor {rates[REST] / rates[FLOOR]:.2f}; GraphQL / REST "
+        f"{rates[GRAPHQL] / rates[REST]:.2f}; GraphQL / default Strawberry "
+        f"{rates[GRAPHQL] / rates[BASELINE]:.1f}x"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.http", description=__doc__)
     parser.add_argument("--events", type=int, default=100_000, help="database size to read")
-    parser.add_argument("--seconds", type=int, default=10, help="measured seconds per target")
+    parser.add_argument(
+        "--database-url", help="a bench.load database (default: sqlite:///bench/data/events-N.db)"
+    )
+    parser.add_argument("--seconds", type=int, default=5, help="measured seconds per turn")
+    parser.add_argument("--rounds", type=int, default=3, help="turns per target")
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed: apt-get install wrk")
 
-    database = default_database_path(args.events)
-    manifest = read_manifest(database) or load(database, args.events, replace=True)
+    if args.database_url is None:
+        database = default_database_path(args.events)
+        manifest = read_manifest(database) or load(database, args.events, replace=True)
+    else:
+        database = sqlite_path(args.database_url)
+        found = read_manifest(database)
+        if found is None:
+            parser.error(f"{database} is not a database made by bench.load")
+        manifest = found
     key = key_path(database).read_text().strip()
     env = {
         **os.environ,
@@ -204,35 +252,47 @@ def main(argv: Sequence[str] | None = None) -> None:
         "BENCH_ORG": manifest.org_id,
     }
     print(
-        f"{args.events:,} events, org {manifest.org_id!r} holds {manifest.org_events:,}; "
-        f"wrk -t1 -c{args.connections} -d{args.seconds}s per target, uvicorn 1 worker"
+        f"{manifest.events:,} events, org {manifest.org_id!r} holds {manifest.org_events:,}; "
+        f"wrk -t1 -c{args.connections} -d{args.seconds}s per turn, {args.rounds} rounds, "
+        "uvicorn 1 worker"
     )
-    results: dict[str, Result] = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        for target in targets(manifest.org_id):
-            with serving(target, env) as (base, pid):
-                script = _wrk_script(target, key, Path(scratch))
+    turns: dict[str, list[Result]] = {}
+    with tempfile.TemporaryDirectory() as scratch, ExitStack() as servers:
+        running = []
+        for number, target in enumerate(targets(manifest.org_id)):
+            base, pid = servers.enter_context(serving(target, env))
+            script = _wrk_script(target, key, Path(scratch) / f"target-{number}.lua")
+            running.append((target, base, pid, script))
+        for _round in range(args.rounds):
+            for target, base, pid, script in running:
                 result = measure(
-                    base + target.path, script, seconds=args.seconds, connections=args.connections
+                    base + target.path,
+                    script,
+                    pid=pid,
+                    seconds=args.seconds,
+                    connections=args.connections,
                 )
-                results[target.name] = replace(result, peak_rss_mib=peak_rss_mib(pid))
-    ceiling = results["ceiling: constant JSON"].requests_per_second
-    floor = results["floor: raw aiosqlite + orjson"].requests_per_second
+                turns.setdefault(target.name, []).append(
+                    replace(result, peak_rss_mib=peak_rss_mib(pid))
+                )
+    results = {name: _median(taken) for name, taken in turns.items()}
+    ceiling = results[CEILING].requests_per_second
+    floor = results[FLOOR].requests_per_second
     header = f"{'target':32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'/ceiling':>9} {'/floor':>7}"
-    print(f"\n{header} {'peak RSS MiB':>12} errors")
+    print(f"\n{header} {'CPU ms/req':>10} {'peak RSS MiB':>12} errors")
     for name, result in results.items():
         print(
             f"{name:32} {result.requests_per_second:9.0f} {result.p50_ms:8.2f} "
             f"{result.p99_ms:8.2f} {result.requests_per_second / ceiling:9.2f} "
-            f"{result.requests_per_second / floor:7.2f} {result.peak_rss_mib:12.1f} {result.errors}"
+            f"{result.requests_per_second / floor:7.2f} {result.cpu_ms_per_request:10.3f} "
+            f"{result.peak_rss_mib:12.1f} {result.errors}"
         )
-    rest = results["REST shim page"].requests_per_second
-    graphql = results["GraphQL, gateway"].requests_per_second
-    baseline = results["GraphQL, default Strawberry"].requests_per_second
-    print(
-        f"\nREST / floor {rest / floor:.2f} (target >= 0.60); GraphQL / REST {graphql / rest:.2f} "
-        f"(target >= 0.30); GraphQL / default Strawberry {graphql / baseline:.1f}x (target >= 3)"
-    )
+    print()
+    for number in range(args.rounds):
+        rates = {name: taken[number].requests_per_second for name, taken in turns.items()}
+        print(f"round {number + 1}: {_ratios(rates)}")
+    medians = {name: result.requests_per_second for name, result in results.items()}
+    print(f"medians: {_ratios(medians)} (targets: >= 0.60, >= 0.30, >= 3x)")
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ async def prepare_demo(db: Database, *, event_count: int) -> tuple[str, str]:
         print(f"Organization {DEMO_ORG_ID!r} already exists: keeping its events.", file=sys.stderr)
     async with db.reader() as reader:
         newest = (await list_events(reader, org_id=DEMO_ORG_ID, page=Page(limit=1))).rows
-    return secret, newest[0].container_id if newest else CONTAINERS[0]
+    return secret, newest[0]["container_id"] if newest else CONTAINERS[0]
 
 
 def _base_url(host: str, port: int) -> str:

@@ -2,7 +2,7 @@
 
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlencode
 
 import orjson
@@ -26,27 +26,12 @@ from storage.domain import (
     parse_timestamp,
     validation_errors,
 )
-from storage.events import EventRecord, InvalidPage, Page, Window, list_events, log_event
+from storage.events import InvalidPage, Page, Window, list_events, log_event
 from storage.orgs import get_container
 
 LIST_PARAMETERS = ("limit", "cursor", "since", "until", "order")
 Choice = TypeVar("Choice", bound=StrEnum)
 FILTER_PATHS = {f"by_{event_filter.value.lower()}": event_filter for event_filter in EventFilter}
-
-
-def event_json(row: EventRecord) -> dict[str, Any]:
-    """An event as the REST shim shows it."""
-    return {
-        "id": row.id,
-        "org_id": row.org_id,
-        "container_id": row.container_id,
-        "event_type": row.event_type,
-        "status": row.status,
-        "timestamp": row.timestamp,
-        "received_at": row.received_at,
-        "actor": row.actor,
-        "details": row.details if row.details is not None else {},
-    }
 
 
 async def authorized_org(request: Request) -> tuple[Database, str]:
@@ -165,7 +150,8 @@ async def _event_list(
         # The request's own parameters, already parsed, with the next cursor.
         next_url = request.url.replace(query=urlencode({**values, "cursor": found.next_cursor}))
         headers["Link"] = f'<{next_url}>; rel="next"'
-    body = {"events": [event_json(row) for row in found.rows], "next_cursor": found.next_cursor}
+    # Records are the specification's event objects already (storage.events.EventRecord).
+    body = {"events": found.rows, "next_cursor": found.next_cursor}
     return JSONResponse(body, headers=headers)
 
 
@@ -226,7 +212,7 @@ class ContainerEvents(HTTPEndpoint):
             row = await log_event(
                 session, org_id=org_id, container_id=container_id, new_event=new_event
             )
-        return JSONResponse({"message": "Event logged successfully", "event": event_json(row)})
+        return JSONResponse({"message": "Event logged successfully", "event": row})
 
 
 routes = [

@@ -91,15 +91,15 @@ class Event:
     @classmethod
     def from_row(cls, row: EventRecord) -> "Event":
         return cls(
-            id=strawberry.ID(str(row.id)),
-            container_id=strawberry.ID(row.container_id),
-            event_type=EVENT_TYPES[row.event_type],
-            status=EVENT_STATUSES[row.status],
-            timestamp=row.timestamp,
-            received_at=row.received_at,
-            actor=row.actor,
-            details=cast(JSON, row.details if row.details is not None else {}),
-            org_id=row.org_id,
+            id=strawberry.ID(str(row["id"])),
+            container_id=strawberry.ID(row["container_id"]),
+            event_type=EVENT_TYPES[row["event_type"]],
+            status=EVENT_STATUSES[row["status"]],
+            timestamp=row["timestamp"],
+            received_at=row["received_at"],
+            actor=row["actor"],
+            details=cast(JSON, row["details"]),
+            org_id=row["org_id"],
         )
 
     @strawberry.field(description="Loaded in one batch for a whole page of events.")
@@ -125,14 +125,14 @@ class EventConnection:
     @strawberry.field
     def edges(self) -> list[EventEdge]:
         return [
-            EventEdge(cursor=encode_event_cursor(row.id), node=Event.from_row(row))
+            EventEdge(cursor=encode_event_cursor(row["id"]), node=Event.from_row(row))
             for row in self.found.rows
         ]
 
     @strawberry.field
     def page_info(self) -> PageInfo:
         rows = self.found.rows
-        cursors = [encode_event_cursor(row.id) for row in (rows[0], rows[-1])] if rows else []
+        cursors = [encode_event_cursor(row["id"]) for row in (rows[0], rows[-1])] if rows else []
         return _page_info(cursors, self.found.next_cursor, self.after)
 
     @strawberry.field(description="How many events match over all pages; counted only if asked.")

@@ -178,7 +178,7 @@ async def record_counts(
 ) -> None:
     """Add newly stored events to the roll-ups; runs in the transaction that stores them."""
     fine = Counter(
-        (org_id, hour_of(row.timestamp), row.container_id, row.event_type, row.status)
+        (org_id, hour_of(row["timestamp"]), row["container_id"], row["event_type"], row["status"])
         for row in stored
     )
     dialect = session.get_bind().dialect.name

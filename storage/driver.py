@@ -94,8 +94,14 @@ class Reader:
         self, key: Hashable, build: Callable[[], ClauseElement], values: Mapping[str, Any]
     ) -> list[tuple[Any, ...]]:
         """Rows of the statement `build()` makes for `key` (compiled on first use)."""
+        return self.compiled(key, build).decode(await self.fetch_raw(key, build, values))
+
+    async def fetch_raw(
+        self, key: Hashable, build: Callable[[], ClauseElement], values: Mapping[str, Any]
+    ) -> Sequence[Any]:
+        """The driver's own rows, for a caller that decodes them itself."""
         query = self.compiled(key, build)
-        return query.decode(await self._run(query.sql, query.parameters(values)))
+        return await self._run(query.sql, query.parameters(values))
 
     def compiled(self, key: Hashable, build: Callable[[], ClauseElement]) -> CompiledQuery:
         """The statement for `key`, compiled once per dialect."""

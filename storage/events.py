@@ -1,10 +1,11 @@
 """Reading and writing events: keyset pages over the read-path indexes, atomic writes."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, TypedDict
 
+import orjson
 from sqlalchemy import (
     Column,
     ColumnElement,
@@ -69,8 +70,12 @@ class Page:
         return cls(limit=limit, after_id=after_id, order=order)
 
 
-class EventRecord(NamedTuple):
-    """A stored event, as the read functions return it."""
+class EventRecord(TypedDict):
+    """A stored event, as the read and write functions return it.
+
+    A plain dict whose keys are the legacy specification's field names, in its order: the
+    REST shim answers it as it is, with no copy per event.
+    """
 
     id: int
     org_id: str
@@ -80,7 +85,62 @@ class EventRecord(NamedTuple):
     timestamp: datetime
     received_at: datetime
     actor: str | None
-    details: dict[str, Any] | None
+    details: dict[str, Any]  # {} when the event has none
+
+
+EVENT_COLUMNS = tuple(events.c.keys())
+assert tuple(EventRecord.__annotations__) == EVENT_COLUMNS, "EventRecord follows the table"
+
+
+def event_record(values: Mapping[Any, Any]) -> EventRecord:
+    """A record from decoded column values (a SQLAlchemy row mapping, say)."""
+    record = EventRecord(**values)  # type: ignore[typeddict-item]
+    if record["details"] is None:
+        record["details"] = {}
+    return record
+
+
+def _sqlite_event_records(rows: Sequence[Any]) -> list[EventRecord]:
+    """SQLite rows of `select(events)`: times are naive UTC text, details JSON text.
+
+    The conversions are those of the column types' result processors (UTCDateTime, JSON),
+    written inline: a page decodes 300 values, and their call chains cost as much again.
+    tests/test_storage.py checks both give the same records.
+    """
+    parse_time, parse_json = datetime.fromisoformat, orjson.loads
+    return [
+        {
+            "id": event_id,
+            "org_id": org_id,
+            "container_id": container_id,
+            "event_type": event_type,
+            "status": status,
+            "timestamp": parse_time(timestamp + "+00:00"),
+            "received_at": parse_time(received_at + "+00:00"),
+            "actor": actor,
+            # SQLAlchemy's JSON type stores a None given to it as the JSON text null.
+            "details": (parse_json(details) or {}) if details is not None else {},
+        }
+        for (
+            event_id,
+            org_id,
+            container_id,
+            event_type,
+            status,
+            timestamp,
+            received_at,
+            actor,
+            details,
+        ) in rows
+    ]
+
+
+def _postgresql_event_records(rows: Sequence[Any]) -> list[EventRecord]:
+    """asyncpg rows of `select(events)`: times arrive as UTC datetimes, details decoded."""
+    return [event_record(dict(zip(EVENT_COLUMNS, row, strict=True))) for row in rows]
+
+
+EVENT_DECODERS = {"sqlite": _sqlite_event_records, "postgresql": _postgresql_event_records}
 
 
 @dataclass(frozen=True)
@@ -241,11 +301,12 @@ async def list_events(
     def statement() -> Select[Any]:
         return shape.statement(reader.dialect.name)
 
-    rows = [EventRecord._make(row) for row in await reader.fetch(shape, statement, values)]
+    decode = EVENT_DECODERS[reader.dialect.name]
+    rows = decode(await reader.fetch_raw(shape, statement, values))
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]
     # Only the last row's cursor is encoded here; GraphQL edges encode theirs when asked.
-    next_cursor = encode_event_cursor(rows[-1].id) if has_more else None
+    next_cursor = encode_event_cursor(rows[-1]["id"]) if has_more else None
     return EventPage(rows=rows, next_cursor=next_cursor)
 
 
@@ -298,9 +359,11 @@ async def log_events(
     result = await session.execute(
         events.insert().returning(*events.c, sort_by_parameter_order=True), values
     )
-    rows = [EventRecord._make(row) for row in result.all()]
+    rows = [event_record(row._mapping) for row in result.all()]
     await windows.record_windows(
-        session, org_id=org_id, stored=((row.id, row.timestamp, row.received_at) for row in rows)
+        session,
+        org_id=org_id,
+        stored=((row["id"], row["timestamp"], row["received_at"]) for row in rows),
     )
     from storage.counts import record_counts  # here: storage.counts imports this module
 

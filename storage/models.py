@@ -78,11 +78,13 @@ class Event(SQLModel, table=True):
     __tablename__ = "events"
     __table_args__ = (
         ForeignKeyConstraint(["org_id", "container_id"], ["containers.org_id", "containers.id"]),
-        # One index per read path, each ending in id so pages are keyset range scans.
-        Index("ix_events_org", "org_id", "id"),
-        Index("ix_events_org_type", "org_id", "event_type", "id"),
-        Index("ix_events_org_status", "org_id", "status", "id"),
-        Index("ix_events_org_container", "org_id", "container_id", "id"),
+        # One index per read path, each ordered by id after its equality columns so pages are
+        # keyset range scans. The timestamp after the id lets a time-window page test the rows
+        # it walks past at the window's edges from the index alone (storage/windows.py).
+        Index("ix_events_org", "org_id", "id", "timestamp"),
+        Index("ix_events_org_type", "org_id", "event_type", "id", "timestamp"),
+        Index("ix_events_org_status", "org_id", "status", "id", "timestamp"),
+        Index("ix_events_org_container", "org_id", "container_id", "id", "timestamp"),
         # Counts over a time window (storage/counts.py): a range scan that covers every column
         # the counts filter or group by, so no table row is read.
         Index("ix_events_org_time", "org_id", "timestamp", "event_type", "status", "container_id"),
@@ -108,6 +110,9 @@ class EventZone(SQLModel, table=True):
     """
 
     __tablename__ = "event_zones"
+    # Stored in key order: a window's bounds are range scans over its zones, which then read
+    # min_id and max_id from the rows they scan instead of looking each one up.
+    __table_args__ = {"sqlite_with_rowid": False}
 
     org_id: str = Field(primary_key=True, max_length=128)
     span_seconds: int = Field(primary_key=True)

@@ -3,11 +3,11 @@
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import func, select
 
 from storage.database import Database
 from storage.domain import NewEvent
-from storage.events import log_events
+from storage.events import EventRecord, log_events
 from storage.models import Event
 from storage.orgs import create_org
 
@@ -33,7 +33,7 @@ def new_event(index: int = 0, **fields: Any) -> NewEvent:
 
 async def make_events(
     db: Database, org_id: str, specs: list[tuple[str, dict[str, Any]]]
-) -> list[Row]:
+) -> list[EventRecord]:
     """Store (container_id, fields) specs in order; event i gets timestamp BASE_TIME + i min."""
     items = [(container, new_event(i, **fields)) for i, (container, fields) in enumerate(specs)]
     async with db.session() as session:

@@ -31,7 +31,7 @@ class SQLStatements:
 
     def __enter__(self) -> "SQLStatements":
         event.listen(self.engine, "before_cursor_execute", self._seen)
-        original = Reader.fetch
+        original = Reader.fetch_raw
         statements = self.statements
 
         async def recording_fetch(
@@ -41,7 +41,8 @@ class SQLStatements:
             statements.append(reader.compiled(key, build).sql)
             return rows
 
-        self._patch.setattr(Reader, "fetch", recording_fetch)
+        # Reader.fetch reads through fetch_raw too.
+        self._patch.setattr(Reader, "fetch_raw", recording_fetch)
         return self
 
     def __exit__(self, *_exc: object) -> None:

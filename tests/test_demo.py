@@ -99,4 +99,4 @@ async def test_rerunning_the_demo_keeps_its_events_and_makes_a_fresh_key(tmp_pat
     assert first_key != second_key
     assert owners == {DEMO_ORG_ID}
     assert len(stored.rows) == 120
-    assert container_id == stored.rows[0].container_id
+    assert container_id == stored.rows[0]["container_id"]

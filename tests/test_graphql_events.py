@@ -6,10 +6,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Row
 
 from storage.database import Database
 from storage.domain import EventFilter, EventStatus, EventType
+from storage.events import EventRecord
 from tests.factories import BASE_TIME, auth, make_events
 from tests.graphql_client import EVENT_FIELDS, graphql_data, node_ids, only_error, post_graphql
 from tests.sql_statements import SQLStatements
@@ -34,10 +34,10 @@ MIXED = [
 ] * 2
 
 
-def selected_by(event_filter: EventFilter, row: Row) -> bool:
+def selected_by(event_filter: EventFilter, row: EventRecord) -> bool:
     if event_filter is EventFilter.FAIL:
-        return row.status == EventStatus.FAILURE
-    return row.event_type == event_filter.value
+        return row["status"] == EventStatus.FAILURE
+    return row["event_type"] == event_filter.value
 
 
 async def org_events(client: httpx.AsyncClient, key: str, **variables: Any) -> dict[str, Any]:
@@ -63,7 +63,7 @@ async def test_each_filter_returns_exactly_its_events_as_rest_does(
     client, db, acme_key, event_filter
 ):
     rows = await make_events(db, "acme", MIXED)
-    expected = [row.id for row in reversed(rows) if selected_by(event_filter, row)]
+    expected = [row["id"] for row in reversed(rows) if selected_by(event_filter, row)]
 
     page = await org_events(client, acme_key, filter=event_filter.name)
     rest = await client.get(
@@ -109,7 +109,7 @@ async def test_events_without_details_show_an_empty_object(client, db, acme_key)
 @pytest.mark.parametrize("order", ["DESC", "ASC"])
 async def test_paging_walks_every_event_once(client, db, acme_key, order):
     rows = await make_events(db, "acme", [("c1", {})] * 11)
-    ids = [row.id for row in rows]
+    ids = [row["id"] for row in rows]
 
     walked = await walk(client, acme_key, first=3, order=order)
 
@@ -117,7 +117,7 @@ async def test_paging_walks_every_event_once(client, db, acme_key, order):
 
 
 async def test_paging_newest_first_is_exact_while_events_arrive_mid_walk(client, db, acme_key):
-    ids = [row.id for row in await make_events(db, "acme", [("c1", {})] * 10)]
+    ids = [row["id"] for row in await make_events(db, "acme", [("c1", {})] * 10)]
     walked: list[int] = []
     after = None
     while True:
@@ -132,14 +132,14 @@ async def test_paging_newest_first_is_exact_while_events_arrive_mid_walk(client,
 
 
 async def test_paging_oldest_first_reaches_events_logged_mid_walk(client, db, acme_key):
-    ids = [row.id for row in await make_events(db, "acme", [("c1", {})] * 10)]
+    ids = [row["id"] for row in await make_events(db, "acme", [("c1", {})] * 10)]
     walked: list[int] = []
     after = None
     for page_number in range(100):
         page = await org_events(client, acme_key, order="ASC", first=3, after=after)
         walked += node_ids(page)
         if page_number < 3:
-            ids += [row.id for row in await make_events(db, "acme", [("c2", {})])]
+            ids += [row["id"] for row in await make_events(db, "acme", [("c2", {})])]
         if not page["pageInfo"]["hasNextPage"]:
             break
         after = page["pageInfo"]["endCursor"]
@@ -209,7 +209,7 @@ async def test_container_id_narrows_the_org_events_to_one_container(client, db, 
 
     page = await org_events(client, acme_key, containerId="c1")
 
-    assert node_ids(page) == [row.id for row in reversed(rows) if row.container_id == "c1"]
+    assert node_ids(page) == [row["id"] for row in reversed(rows) if row["container_id"] == "c1"]
     assert {edge["node"]["container"]["id"] for edge in page["edges"]} == {"c1"}
 
 
@@ -219,7 +219,9 @@ async def test_container_id_combines_with_a_filter(client, db, acme_key):
     page = await org_events(client, acme_key, containerId="c2", filter="FAIL")
 
     assert node_ids(page) == [
-        row.id for row in reversed(rows) if row.container_id == "c2" and row.status == "FAILURE"
+        row["id"]
+        for row in reversed(rows)
+        if row["container_id"] == "c2" and row["status"] == "FAILURE"
     ]
 
 
@@ -230,7 +232,7 @@ async def test_since_is_inclusive_and_until_exclusive(client, db, acme_key):
 
     page = await org_events(client, acme_key, since=since, until=until, order="ASC")
 
-    assert node_ids(page) == [rows[2].id, rows[3].id]
+    assert node_ids(page) == [rows[2]["id"], rows[3]["id"]]
 
 
 async def test_since_and_until_accept_any_timezone(client, db, acme_key):
@@ -238,11 +240,11 @@ async def test_since_and_until_accept_any_timezone(client, db, acme_key):
 
     page = await org_events(client, acme_key, since="2023-11-18T13:01:00+01:00")
 
-    assert node_ids(page) == [rows[2].id, rows[1].id]
+    assert node_ids(page) == [rows[2]["id"], rows[1]["id"]]
 
 
 async def test_order_defaults_to_newest_first_and_asc_gives_oldest_first(client, db, acme_key):
-    ids = [row.id for row in await make_events(db, "acme", [("c1", {})] * 4)]
+    ids = [row["id"] for row in await make_events(db, "acme", [("c1", {})] * 4)]
 
     assert node_ids(await org_events(client, acme_key)) == ids[::-1]
     assert node_ids(await org_events(client, acme_key, order="ASC")) == ids
@@ -265,7 +267,7 @@ query Container($id: ID!, $after: String) {{
 
 async def test_container_lists_only_its_own_events(client, db, acme_key):
     rows = await make_events(db, "acme", MIXED)
-    expected = [row.id for row in rows if row.container_id == "c0"]
+    expected = [row["id"] for row in rows if row["container_id"] == "c0"]
     walked: list[int] = []
     after = None
     while True:
@@ -278,7 +280,7 @@ async def test_container_lists_only_its_own_events(client, db, acme_key):
 
     assert container["id"] == "c0"
     assert datetime.fromisoformat(container["lastEventAt"]) == max(
-        row.timestamp for row in rows if row.container_id == "c0"
+        row["timestamp"] for row in rows if row["container_id"] == "c0"
     )
     assert walked == expected
 

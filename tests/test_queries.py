@@ -13,11 +13,11 @@ from typing import Any
 import graphql
 import httpx
 import pytest
-from sqlalchemy import Row
 
 from schema import build_schema
 from storage.database import Database
 from storage.domain import EventFilter
+from storage.events import EventRecord
 from tests.factories import BASE_TIME, auth, count_events, make_events
 from tests.graphql_client import graphql_data, node_ids
 
@@ -95,7 +95,7 @@ class Operation:
         return response.json()
 
 
-Expectation = Callable[[Operation, list[Row]], Awaitable[None]]
+Expectation = Callable[[Operation, list[EventRecord]], Awaitable[None]]
 
 
 async def walk_events(
@@ -122,7 +122,7 @@ def container_events(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def filtered_list(event_filter: EventFilter) -> Expectation:
-    async def expect(operation: Operation, rows: list[Row]) -> None:
+    async def expect(operation: Operation, rows: list[EventRecord]) -> None:
         nodes = await walk_events(operation, org_events)
         rest = await operation.rest(f"/orgs/acme/container_events/by_{event_filter.value.lower()}")
         assert [int(node["id"]) for node in nodes] == [item["id"] for item in rest["events"]]
@@ -140,9 +140,9 @@ def filtered_list(event_filter: EventFilter) -> Expectation:
     return expect
 
 
-async def expect_org_events(operation: Operation, rows: list[Row]) -> None:
+async def expect_org_events(operation: Operation, rows: list[EventRecord]) -> None:
     everything = await walk_events(operation, org_events)
-    assert [int(node["id"]) for node in everything] == [row.id for row in reversed(rows)]
+    assert [int(node["id"]) for node in everything] == [row["id"] for row in reversed(rows)]
 
     since, until = "2023-11-18T12:01:00Z", "2023-11-18T12:09:00Z"
     narrowed = await walk_events(
@@ -162,29 +162,29 @@ async def expect_org_events(operation: Operation, rows: list[Row]) -> None:
         order="asc",
     )
     assert [int(node["id"]) for node in narrowed] == [item["id"] for item in rest["events"]]
-    assert [int(node["id"]) for node in narrowed] == [rows[7].id]
+    assert [int(node["id"]) for node in narrowed] == [rows[7]["id"]]
 
     first_page = await operation.run()
     assert first_page["org"]["id"] == "acme"
     assert first_page["org"]["events"]["pageInfo"]["hasPreviousPage"] is False
 
 
-async def expect_container_events(operation: Operation, rows: list[Row]) -> None:
+async def expect_container_events(operation: Operation, rows: list[EventRecord]) -> None:
     nodes = await walk_events(operation, container_events)
     rest = await operation.rest("/orgs/acme/containers/c1/events")
     assert [int(node["id"]) for node in nodes] == [item["id"] for item in rest["events"]]
     assert [int(node["id"]) for node in nodes] == [
-        row.id for row in reversed(rows) if row.container_id == "c1"
+        row["id"] for row in reversed(rows) if row["container_id"] == "c1"
     ]
 
     failed = await operation.run(filter="FAIL", first=10)
-    assert node_ids(container_events(failed)) == [rows[10].id]
+    assert node_ids(container_events(failed)) == [rows[10]["id"]]
     container = failed["org"]["container"]
     assert container["id"] == "c1"
-    assert datetime.fromisoformat(container["lastEventAt"]) == rows[10].timestamp
+    assert datetime.fromisoformat(container["lastEventAt"]) == rows[10]["timestamp"]
 
 
-async def expect_containers(operation: Operation, rows: list[Row]) -> None:
+async def expect_containers(operation: Operation, rows: list[EventRecord]) -> None:
     ids: list[str] = []
     after = None
     while True:
@@ -200,10 +200,12 @@ async def expect_containers(operation: Operation, rows: list[Row]) -> None:
         edge["node"]["id"]: datetime.fromisoformat(edge["node"]["lastEventAt"])
         for edge in data["org"]["containers"]["edges"]
     }
-    assert last_event_at["c3"] == max(row.timestamp for row in rows if row.container_id == "c3")
+    assert last_event_at["c3"] == max(
+        row["timestamp"] for row in rows if row["container_id"] == "c3"
+    )
 
 
-async def expect_log_container_event(operation: Operation, rows: list[Row]) -> None:
+async def expect_log_container_event(operation: Operation, rows: list[EventRecord]) -> None:
     payload = (await operation.run())["logContainerEvent"]
 
     assert payload["message"] == "Event logged successfully"
@@ -219,11 +221,11 @@ async def expect_log_container_event(operation: Operation, rows: list[Row]) -> N
     assert datetime.fromisoformat(event["container"]["lastEventAt"]) > BASE_TIME
     rest = await operation.rest("/orgs/acme/containers/c1/events", limit=1)
     assert [item["id"] for item in rest["events"]] == [int(event["id"])]
-    assert int(event["id"]) > max(row.id for row in rows)
+    assert int(event["id"]) > max(row["id"] for row in rows)
     assert await count_events(operation.db) == len(rows) + 1
 
 
-async def expect_event_counts(operation: Operation, rows: list[Row]) -> None:
+async def expect_event_counts(operation: Operation, rows: list[EventRecord]) -> None:
     for by in ("TYPE", "STATUS", "CONTAINER", "HOUR", "DAY"):
         data = (await operation.run(by=by))["org"]
         rest = await operation.rest(
@@ -240,7 +242,7 @@ async def expect_event_counts(operation: Operation, rows: list[Row]) -> None:
     assert failed["events"]["totalCount"] == 4
 
 
-async def answers_without_errors(operation: Operation, rows: list[Row]) -> None:
+async def answers_without_errors(operation: Operation, rows: list[EventRecord]) -> None:
     """All a new file gets until it has an entry in EXPECTATIONS."""
     assert await operation.run()
 

@@ -145,4 +145,4 @@ async def test_a_key_lists_only_its_own_orgs_events_in_a_shared_container_name(
 
     answer = await client.get("/orgs/acme/containers/c1/events", headers=auth(acme_key))
 
-    assert [event["id"] for event in answer.json()["events"]] == [mine.id]
+    assert [event["id"] for event in answer.json()["events"]] == [mine["id"]]

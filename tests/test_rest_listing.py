@@ -30,11 +30,11 @@ MIXED_EVENTS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 SELECTS = {
-    "by_access": lambda row: row.event_type == "ACCESS",
-    "by_block": lambda row: row.event_type == "BLOCK",
-    "by_create": lambda row: row.event_type == "CREATE",
-    "by_expire": lambda row: row.event_type == "EXPIRE",
-    "by_fail": lambda row: row.status == "FAILURE",
+    "by_access": lambda row: row["event_type"] == "ACCESS",
+    "by_block": lambda row: row["event_type"] == "BLOCK",
+    "by_create": lambda row: row["event_type"] == "CREATE",
+    "by_expire": lambda row: row["event_type"] == "EXPIRE",
+    "by_fail": lambda row: row["status"] == "FAILURE",
 }
 
 
@@ -46,7 +46,7 @@ async def make_mixed(db: Database) -> list[Row]:
 
 
 def newest_first(rows: list[Row]) -> list[int]:
-    return sorted((row.id for row in rows), reverse=True)
+    return sorted((row["id"] for row in rows), reverse=True)
 
 
 async def listed_ids(
@@ -88,7 +88,7 @@ async def test_by_fail_lists_only_failed_events_of_every_type(client, db, acme_k
     events = answer.json()["events"]
     assert {event["status"] for event in events} == {"FAILURE"}
     assert {event["event_type"] for event in events} == {"ACCESS", "UPDATE", "CREATE", "BLOCK"}
-    assert len(events) == sum(row.status == "FAILURE" for row in rows)
+    assert len(events) == sum(row["status"] == "FAILURE" for row in rows)
 
 
 async def test_org_events_lists_every_event_of_the_org_and_no_other(
@@ -108,7 +108,7 @@ async def test_container_events_lists_only_that_containers_events(client, db, ac
 
     found = await listed_ids(client, acme_key, "/orgs/acme/containers/c2/events")
 
-    assert found == newest_first([row for row in rows if row.container_id == "c2"])
+    assert found == newest_first([row for row in rows if row["container_id"] == "c2"])
 
 
 @pytest.mark.parametrize("path", ["/orgs/acme/events", "/orgs/acme/container_events/by_fail"])
@@ -116,7 +116,7 @@ async def test_container_id_query_narrows_org_lists_to_one_container(
     client, db, acme_key, other_key, path
 ):
     rows = await make_mixed(db)
-    container_of = {row.id: row.container_id for row in rows}
+    container_of = {row["id"]: row["container_id"] for row in rows}
     everything = await listed_ids(client, acme_key, path)
 
     found = await listed_ids(client, acme_key, path, container_id="c1")
@@ -144,7 +144,7 @@ async def test_since_is_inclusive_and_until_exclusive(client, db, acme_key):
         order="asc",
     )
 
-    assert found == [rows[2].id, rows[3].id, rows[4].id]
+    assert found == [rows[2]["id"], rows[3]["id"], rows[4]["id"]]
 
 
 async def test_since_and_until_compare_instants_whatever_the_offset(client, db, acme_key):
@@ -155,7 +155,7 @@ async def test_since_and_until_compare_instants_whatever_the_offset(client, db, 
         client, acme_key, "/orgs/acme/events", since="2023-11-18T13:02:00+01:00", order="asc"
     )
 
-    assert found == [rows[2].id, rows[3].id]
+    assert found == [rows[2]["id"], rows[3]["id"]]
 
 
 @pytest.mark.parametrize("path", ["/orgs/acme/container_events/by_access", "/orgs/acme/events"])
@@ -171,7 +171,7 @@ async def test_time_window_applies_to_filtered_and_unfiltered_lists(client, db, 
 
 async def test_order_asc_lists_oldest_first_and_desc_is_the_default(client, db, acme_key):
     rows = await make_events(db, "acme", [("c1", {})] * 5)
-    ids = [row.id for row in rows]
+    ids = [row["id"] for row in rows]
 
     assert await listed_ids(client, acme_key, "/orgs/acme/events", order="asc") == ids
     assert await listed_ids(client, acme_key, "/orgs/acme/events", order="desc") == ids[::-1]
@@ -214,7 +214,9 @@ async def test_link_header_keeps_the_filter_and_every_other_parameter(client, db
             break
         answer = await client.get(url, headers=auth(acme_key))
 
-    assert seen == [row.id for row in rows if row.status == "FAILURE" and row.container_id == "c1"]
+    assert seen == [
+        row["id"] for row in rows if row["status"] == "FAILURE" and row["container_id"] == "c1"
+    ]
 
 
 async def test_a_page_that_ends_the_list_exactly_has_no_next_cursor_or_link(client, db, acme_key):
@@ -324,7 +326,7 @@ async def test_cursor_walk_never_skips_or_repeats_while_events_arrive(
     seen = await walk(client, acme_key, path, {"limit": 2, "order": order}, post_two_events)
 
     wanted = "FAILURE" if path.endswith("by_fail") else None
-    before = [row.id for row in seeded if wanted in (None, row.status)]
+    before = [row["id"] for row in seeded if wanted in (None, row["status"])]
     during = [event["id"] for event in posted if wanted in (None, event["status"])]
     assert len(seen) == len(set(seen)), "an event was repeated"
     if order == "desc":

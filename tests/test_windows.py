@@ -66,17 +66,17 @@ def expected(
     order: Order,
 ) -> list[int]:
     def selected(row: EventRecord) -> bool:
-        if window.since is not None and row.timestamp < window.since:
+        if window.since is not None and row["timestamp"] < window.since:
             return False
-        if window.until is not None and row.timestamp >= window.until:
+        if window.until is not None and row["timestamp"] >= window.until:
             return False
-        if container is not None and row.container_id != container:
+        if container is not None and row["container_id"] != container:
             return False
         if event_filter is EventFilter.FAIL:
-            return row.status == "FAILURE"
-        return event_filter is None or row.event_type == event_filter.value
+            return row["status"] == "FAILURE"
+        return event_filter is None or row["event_type"] == event_filter.value
 
-    ids = sorted(row.id for row in stored if selected(row))
+    ids = sorted(row["id"] for row in stored if selected(row))
     return ids[::-1] if order is Order.DESC else ids
 
 
@@ -99,7 +99,7 @@ async def every_page(
                 window=window,
                 page=Page.parse(limit=7, cursor=cursor, order=order),
             )
-        ids += [row.id for row in page.rows]
+        ids += [row["id"] for row in page.rows]
         if page.next_cursor is None:
             return ids
         cursor = page.next_cursor
@@ -111,7 +111,7 @@ async def test_window_pages_list_exactly_the_windows_events_late_or_not(
     rng = random.Random(7)
     await make_org(db, "acme")
     stored = await receive_events_over_hours(db, monkeypatch, rng)
-    late = [row for row in stored if is_late(row.timestamp, row.received_at)]
+    late = [row for row in stored if is_late(row["timestamp"], row["received_at"])]
     # The data exercises both ways a window page finds its events.
     assert 0 < len(late) < len(stored) // 2
 
@@ -127,7 +127,7 @@ async def test_window_pages_list_exactly_the_windows_events_late_or_not(
                 want = expected(stored, window, event_filter, container, order)
                 got = await every_page(db, window, event_filter, container, order)
                 assert got == want, (window, event_filter, container, order)
-                late_ids = {row.id for row in late}
+                late_ids = {row["id"] for row in late}
                 seen_late += len(late_ids.intersection(got))
                 seen_timely += len(set(got) - late_ids)
     assert seen_late and seen_timely
@@ -142,12 +142,12 @@ async def test_an_event_stamped_far_from_its_arrival_is_listed_late(
     backfilled = NewEvent(event_type="ACCESS", timestamp=START - LATE_AFTER - timedelta(seconds=1))
     async with db.session() as session:
         rows = await log_events(session, org_id="acme", items=[("c", on_time), ("c", backfilled)])
-    assert [is_late(row.timestamp, row.received_at) for row in rows] == [False, True]
+    assert [is_late(row["timestamp"], row["received_at"]) for row in rows] == [False, True]
     # Both are found by a window around their time, whichever way it is read.
     window = Window(START - timedelta(hours=1), START)
     for order in Order:
         ids = await every_page(db, window, None, None, order)
-        assert sorted(ids) == sorted(row.id for row in rows)
+        assert sorted(ids) == sorted(row["id"] for row in rows)
 
 
 async def test_a_window_finds_the_events_of_the_minutes_and_hours_it_cuts_through(
