@@ -10,6 +10,7 @@ the point is to see whether a page costs the same at 10 million events as at ten
 
 import argparse
 import asyncio
+import gc
 import sqlite3
 import statistics
 import sys
@@ -35,6 +36,8 @@ from storage.events import Page, Window, list_events
 
 PAGE_SIZE = 100
 DEEP_PAGES = 1000
+# Runs of one case on one database before the next database takes its turn.
+TURN_RUNS = 10
 # A 100-event page that grows with the table above this ratio (10M vs 10k) is not flat.
 FLAT_RATIO = 1.2
 
@@ -129,25 +132,42 @@ def cases(manifest: Manifest, deep_after_id: int | None) -> list[Case]:
 
 
 async def _time_case(
-    database: Database, org_id: str, case: Case, *, runs: int, warmup: int, budget_s: float
-) -> Result:
-    async def read() -> int:
+    databases: Sequence[tuple[Database, list[Case]]],
+    org_id: str,
+    index: int,
+    *,
+    runs: int,
+    warmup: int,
+    budget_s: float,
+) -> list[Result]:
+    """Case `index` on every database, the databases taking turns in short batches.
+
+    Taking turns spreads a burst of load from other processes on this shared machine over
+    every size alike, instead of onto whichever size happened to be measured during it.
+    """
+
+    async def read(database: Database, case: Case) -> int:
         async with database.reader() as reader:
             found = await list_events(reader, org_id=org_id, **case.arguments)
         return len(found.rows)
 
-    rows = 0
-    for _ in range(warmup):
-        rows = await read()
-    samples: list[float] = []
+    rows = [0] * len(databases)
+    samples: list[list[float]] = [[] for _ in databases]
+    for turn, (database, all_cases) in enumerate(databases):
+        for _ in range(warmup):
+            rows[turn] = await read(database, all_cases[index])
     # A case that turns out slow stops at the time budget, so one bad plan cannot stall a
     # run for an hour; it still gets enough samples to show that it is slow.
     deadline = time.perf_counter() + budget_s
-    while len(samples) < runs and (len(samples) < 10 or time.perf_counter() < deadline):
-        started = time.perf_counter_ns()
-        await read()
-        samples.append((time.perf_counter_ns() - started) / 1e6)
-    return Result(samples_ms=samples, rows=rows)
+    while len(samples[0]) < runs and (len(samples[0]) < 10 or time.perf_counter() < deadline):
+        for turn, (database, all_cases) in enumerate(databases):
+            for _ in range(TURN_RUNS):
+                started = time.perf_counter_ns()
+                await read(database, all_cases[index])
+                samples[turn].append((time.perf_counter_ns() - started) / 1e6)
+    return [
+        Result(samples_ms=taken, rows=count) for taken, count in zip(samples, rows, strict=True)
+    ]
 
 
 async def _plans(path: Path, org_id: str, all_cases: Sequence[Case]) -> dict[str, str]:
@@ -195,25 +215,40 @@ def prepare(size: int, *, reload_stale: bool) -> tuple[Path, Manifest, bool]:
     return path, load(path, size, replace=True), False
 
 
-async def run_size(
-    path: Path, manifest: Manifest, *, runs: int, warmup: int, budget_s: float
-) -> tuple[int, dict[str, Result]]:
-    """Time every case on one database; returns the deep cursor's depth and the results."""
-    database = Database(f"sqlite:///{path}")
+async def run_sizes(
+    prepared: Sequence[tuple[Path, Manifest]], *, runs: int, warmup: int, budget_s: float
+) -> list[tuple[int, dict[str, Result]]]:
+    """Time every case on every database; per database, the deep cursor's depth and results."""
+    databases: list[tuple[Database, list[Case]]] = []
+    depths = []
     try:
-        depth, deep_after_id = await _deep_cursor(database, manifest.org_id)
-        all_cases = cases(manifest, deep_after_id)
-        results = {
-            case.name: await _time_case(
-                database, manifest.org_id, case, runs=runs, warmup=warmup, budget_s=budget_s
-            )
-            for case in all_cases
-        }
+        for path, manifest in prepared:
+            database = Database(f"sqlite:///{path}")
+            databases.append((database, []))
+            depth, deep_after_id = await _deep_cursor(database, manifest.org_id)
+            databases[-1][1].extend(cases(manifest, deep_after_id))
+            depths.append(depth)
+        [org_id] = {manifest.org_id for _path, manifest in prepared}  # bench.load's org
+        # As the server does at start-up (gateway.app): what exists now is kept out of the
+        # collector's full passes, which would otherwise land on random samples.
+        gc.freeze()
+        names = [case.name for case in databases[0][1]]
+        timed = [
+            await _time_case(databases, org_id, index, runs=runs, warmup=warmup, budget_s=budget_s)
+            for index in range(len(names))
+        ]
     finally:
-        await database.dispose()
-    for name, plan in (await _plans(path, manifest.org_id, all_cases)).items():
-        results[name].plan = plan
-    return depth, results
+        for database, _cases in databases:
+            await database.dispose()
+    measured = []
+    for turn, ((path, manifest), (_database, all_cases)) in enumerate(
+        zip(prepared, databases, strict=True)
+    ):
+        results = {name: timed[index][turn] for index, name in enumerate(names)}
+        for name, plan in (await _plans(path, manifest.org_id, all_cases)).items():
+            results[name].plan = plan
+        measured.append((depths[turn], results))
+    return measured
 
 
 def label(size: int) -> str:
@@ -300,14 +335,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="reuse cached databases built for an older storage schema instead of reloading",
     )
     args = parser.parse_args(argv)
-    runs = {}
+    prepared = []
+    cached = []
     for size in args.sizes:
-        print(f"measuring {label(size)} ...", file=sys.stderr, flush=True)
-        path, manifest, cached = prepare(size, reload_stale=not args.keep_stale)
-        depth, results = asyncio.run(
-            run_size(path, manifest, runs=args.runs, warmup=args.warmup, budget_s=args.budget)
+        path, manifest, was_cached = prepare(size, reload_stale=not args.keep_stale)
+        prepared.append((path, manifest))
+        cached.append(was_cached)
+    print(f"measuring {', '.join(label(size) for size in args.sizes)} ...", file=sys.stderr)
+    measured = asyncio.run(
+        run_sizes(prepared, runs=args.runs, warmup=args.warmup, budget_s=args.budget)
+    )
+    runs = {
+        size: SizeRun(manifest, path.stat().st_size, was_cached, depth, results)
+        for size, (path, manifest), was_cached, (depth, results) in zip(
+            args.sizes, prepared, cached, measured, strict=True
         )
-        runs[size] = SizeRun(manifest, path.stat().st_size, cached, depth, results)
+    }
     report(runs)
 
 

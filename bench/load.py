@@ -430,7 +430,8 @@ class Tallies:
                 np.full((orgs, count), np.iinfo(np.int64).max),
                 np.zeros((orgs, count), dtype=np.int64),
             )
-        self.late: list[tuple[IntArray, IntArray, IntArray]] = []
+        # (ids, orgs, timestamps, container ranks, kinds) of each batch's late events.
+        self.late: list[tuple[IntArray, IntArray, IntArray, IntArray, IntArray]] = []
         # The finest roll-up's key (org, hour, container, type, status) as one number, each
         # column numbered in text order (hours from the earliest), so that the numbers sort as
         # the table's primary key does.
@@ -464,7 +465,7 @@ class Tallies:
         np.minimum.at(self.first_received, (org, rank), received_us)
         np.maximum.at(self.last_timestamp, (org, rank), timestamp_us)
         late = received_us - timestamp_us > LATE_AFTER_US  # storage.windows.is_late
-        self.late.append((ids[late], org[late], timestamp_us[late]))
+        self.late.append((ids[late], org[late], timestamp_us[late], rank[late], batch.kind[late]))
         on_time = ~late
         for span, (lowest, highest) in self.zones.items():
             zone = (org[on_time], self._zone(timestamp_us[on_time], span))
@@ -515,11 +516,16 @@ class Tallies:
 
     def late_rows(self) -> dict[str, ObjectArray]:
         """storage.windows' late events, in id order."""
-        ids, org, timestamp_us = (np.concatenate(parts) for parts in zip(*self.late, strict=True))
+        ids, org, timestamp_us, rank, kind = (
+            np.concatenate(parts) for parts in zip(*self.late, strict=True)
+        )
         return {
             "id": ids.astype(object),
             "org_id": self.generator.org_names[org],
             "timestamp": time_texts(timestamp_us),
+            "container_id": self.generator.container_names[rank],
+            "event_type": self.generator.type_names[kind],
+            "status": self.generator.status_names[kind],
         }
 
     def roll_up_rows(self) -> dict[Table, dict[str, ObjectArray]]:

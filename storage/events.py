@@ -201,13 +201,11 @@ class PageShape:
             .where(*self._walk_range(dialect_name))
             .where(*self._in_window(hidden(events.c.timestamp)))
         )
-        # The late events' own index leads; the events they join are only checked.
+        # Late events repeat the columns pages select by: picked from their index alone.
         late = (
             select(late_events.c.id)
-            .join(events, events.c.id == late_events.c.id)
-            .where(late_events.c.org_id == bindparam("org_id"))
+            .where(*self._criteria(lambda column: late_events.c[column.key]))
             .where(*self._in_window(late_events.c.timestamp))
-            .where(*self._criteria(hidden))
         )
         limit = bindparam("limit", type_=Integer())
         ids = union(
@@ -360,11 +358,7 @@ async def log_events(
         events.insert().returning(*events.c, sort_by_parameter_order=True), values
     )
     rows = [event_record(row._mapping) for row in result.all()]
-    await windows.record_windows(
-        session,
-        org_id=org_id,
-        stored=((row["id"], row["timestamp"], row["received_at"]) for row in rows),
-    )
+    await windows.record_windows(session, org_id=org_id, stored=rows)
     from storage.counts import record_counts  # here: storage.counts imports this module
 
     await record_counts(session, org_id=org_id, stored=rows)

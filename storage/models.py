@@ -123,14 +123,31 @@ class EventZone(SQLModel, table=True):
 
 class LateEvent(SQLModel, table=True):
     """An event whose timestamp is far from when it was received: a window page reads these
-    beside its zones' id range (storage/windows.py)."""
+    beside its zones' id range (storage/windows.py).
+
+    It repeats the event's columns that pages select by, so that the late events of a window
+    are picked from their index alone, whatever the page's filter or container.
+    """
 
     __tablename__ = "late_events"
-    __table_args__ = (Index("ix_late_events_org_time", "org_id", "timestamp", "id"),)
+    __table_args__ = (
+        Index(
+            "ix_late_events_org_time",
+            "org_id",
+            "timestamp",
+            "id",
+            "event_type",
+            "status",
+            "container_id",
+        ),
+    )
 
     id: int = Field(sa_column=Column(EventId, ForeignKey("events.id"), primary_key=True))
     org_id: str = Field(max_length=128)
     timestamp: datetime = Field(sa_type=UTCDateTime)
+    container_id: str = Field(max_length=128)
+    event_type: str = Field(max_length=16)
+    status: str = Field(max_length=16)
 
 
 class ApiKey(SQLModel, table=True):

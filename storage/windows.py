@@ -17,7 +17,7 @@ soon after they happen, though, so the ids of one minute's events lie close toge
 Both are written in the transaction that stores the events, so no page can miss one.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -93,19 +93,23 @@ def zone_bound(lowest: bool) -> ScalarSelect[Any]:
     return select(aggregate(bounds.c.bound)).scalar_subquery()
 
 
+LATE_COLUMNS = ("id", "org_id", "timestamp", "container_id", "event_type", "status")
+
+
 async def record_windows(
-    session: AsyncSession, *, org_id: str, stored: Iterable[tuple[int, datetime, datetime]]
+    session: AsyncSession, *, org_id: str, stored: Iterable[Mapping[str, Any]]
 ) -> None:
-    """Widen the zones of newly stored (id, timestamp, received_at) events, or list them late.
+    """Widen the zones of newly stored events, or list them late.
 
     Runs in the storing transaction. Zones are written in key order, so two transactions
     widening the same zones cannot deadlock.
     """
     zones: dict[tuple[int, datetime], list[int]] = {}
     late: list[dict[str, Any]] = []
-    for event_id, timestamp, received_at in stored:
-        if is_late(timestamp, received_at):
-            late.append({"id": event_id, "org_id": org_id, "timestamp": timestamp})
+    for row in stored:
+        event_id, timestamp = row["id"], row["timestamp"]
+        if is_late(timestamp, row["received_at"]):
+            late.append({column: row[column] for column in LATE_COLUMNS})
             continue
         for span in (MINUTE, HOUR):
             bounds = zones.setdefault((span, zone_start(timestamp, span)), [event_id, event_id])

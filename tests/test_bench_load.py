@@ -57,9 +57,9 @@ def test_the_loaded_zones_and_late_events_are_those_storage_would_record(
     path, _manifest = loaded
     zones: dict[tuple[str, int, datetime], list[int]] = {}
     late = set()
-    for event_id, org_id, _container, _type, _status, timestamp, received_at in _events(path):
+    for event_id, org_id, container, kind, status, timestamp, received_at in _events(path):
         if is_late(_utc(timestamp), _utc(received_at)):
-            late.add((event_id, org_id, timestamp))
+            late.add((event_id, org_id, timestamp, container, kind, status))
             continue
         for span in (MINUTE, HOUR):
             bounds = zones.setdefault((org_id, span, zone_start(_utc(timestamp), span)), [])
@@ -69,7 +69,11 @@ def test_the_loaded_zones_and_late_events_are_those_storage_would_record(
             (org_id, span, _utc(start)): (lo, hi)
             for org_id, span, start, lo, hi in connection.execute("SELECT * FROM event_zones")
         }
-        stored_late = set(connection.execute("SELECT id, org_id, timestamp FROM late_events"))
+        stored_late = set(
+            connection.execute(
+                "SELECT id, org_id, timestamp, container_id, event_type, status FROM late_events"
+            )
+        )
     assert late and stored_late == late
     assert stored_zones == {key: (min(ids), max(ids)) for key, ids in zones.items()}
 
