@@ -284,6 +284,9 @@ def report(runs: dict[int, SizeRun]) -> None:
         first, last = runs[smallest].results[name], runs[largest].results[name]
         p50_ratio, p99_ratio = last.p50 / first.p50, last.p99 / first.p99
         flag = "  NOT FLAT" if max(p50_ratio, p99_ratio) > FLAT_RATIO else ""
+        if first.rows != last.rows:
+            # Not the same page: the smaller org holds too few such events to fill one.
+            flag += f" ({label(smallest)} page: {first.rows} rows)"
         print(f"{name:<{width}}{cells}  x{p50_ratio:.2f} / x{p99_ratio:.2f}{flag}")
     print()
     print(f"{'case (mean ms, runs, rows)':<{width}}" + "".join(f"{label(s):>16}" for s in sizes))
