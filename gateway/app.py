@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from gateway import counts, rest
@@ -15,7 +16,13 @@ from gateway.config import Settings
 from gateway.graphql import GraphQLApp
 from gateway.limits import BodySizeLimit
 from gateway.openapi import openapi_document
-from gateway.problems import Problem, handle_http_exception, handle_problem, handle_unexpected
+from gateway.problems import (
+    Problem,
+    handle_client_disconnect,
+    handle_http_exception,
+    handle_problem,
+    handle_unexpected,
+)
 from gateway.responses import JSONResponse
 from schema import build_schema
 from storage.database import Database
@@ -62,6 +69,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         exception_handlers={
             Problem: handle_problem,
             HTTPException: handle_http_exception,
+            ClientDisconnect: handle_client_disconnect,
             Exception: handle_unexpected,
         },
         lifespan=lifespan,

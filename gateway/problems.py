@@ -65,6 +65,12 @@ async def handle_http_exception(_request: Request, exc: Exception) -> Response:
     return problem_response(Problem(exc.status_code, message, headers=exc.headers))
 
 
+async def handle_client_disconnect(_request: Request, _exc: Exception) -> Response:
+    # The client left before its request body arrived: nobody reads this answer, and it is no
+    # server fault to log with a traceback.
+    return Response(status_code=400)
+
+
 async def handle_unexpected(_request: Request, _exc: Exception) -> Response:
     # The traceback goes to the server log (Starlette's ServerErrorMiddleware), never the client.
     return problem_response(Problem(500, "An internal error occurred."))
