@@ -308,12 +308,11 @@ async def list_events(
     return EventPage(rows=rows, next_cursor=next_cursor)
 
 
-def _upsert_container(dialect: str, *, org_id: str, container_id: str, at: datetime) -> Executable:
+def _upsert_containers(dialect: str) -> Executable:
+    """Register containers, or move their last_event_at forward; one parameter set each."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     _, latest = least_and_greatest(dialect)
-    statement = insert(containers).values(
-        org_id=org_id, id=container_id, created_at=utcnow(), last_event_at=at
-    )
+    statement = insert(containers)
     return statement.on_conflict_do_update(
         index_elements=[containers.c.org_id, containers.c.id],
         set_={
@@ -336,11 +335,16 @@ async def log_events(
         latest[container_id] = (
             new_event.timestamp if seen is None else max(seen, new_event.timestamp)
         )
-    for container_id, at in latest.items():
-        await session.execute(
-            _upsert_container(dialect, org_id=org_id, container_id=container_id, at=at)
-        )
     received_at = utcnow()
+    # In key order, as the zones and counts are: two transactions that share containers lock
+    # them in the same order, so they cannot deadlock on them (PostgreSQL).
+    await session.execute(
+        _upsert_containers(dialect),
+        [
+            {"org_id": org_id, "id": container_id, "created_at": received_at, "last_event_at": at}
+            for container_id, at in sorted(latest.items())
+        ],
+    )
     values = [
         {
             "org_id": org_id,
