@@ -65,7 +65,13 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
             Route("/graphql", graphql, methods=["GET", "POST"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
-        middleware=[Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)],
+        middleware=[
+            Middleware(
+                BodySizeLimit,
+                max_bytes=settings.max_body_bytes,
+                batch_max_bytes=settings.max_batch_body_bytes,
+            )
+        ],
         exception_handlers={
             Problem: handle_problem,
             HTTPException: handle_http_exception,

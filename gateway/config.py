@@ -32,6 +32,7 @@ def _env_float(name: str, default: float) -> float:
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     max_body_bytes: int = 1024 * 1024
+    max_batch_body_bytes: int = 32 * 1024 * 1024
     graphql_max_depth: int = 10
     graphql_max_aliases: int = 30
     graphql_max_tokens: int = 2000
@@ -45,6 +46,7 @@ class Settings:
         values: dict[str, object] = {
             "database_url": os.environ.get(ENV_PREFIX + "DATABASE_URL") or DEFAULT_DATABASE_URL,
             "max_body_bytes": _env_int("MAX_BODY_BYTES", cls.max_body_bytes),
+            "max_batch_body_bytes": _env_int("MAX_BATCH_BODY_BYTES", cls.max_batch_body_bytes),
             "graphql_max_depth": _env_int("GRAPHQL_MAX_DEPTH", cls.graphql_max_depth),
             "graphql_max_aliases": _env_int("GRAPHQL_MAX_ALIASES", cls.graphql_max_aliases),
             "graphql_max_tokens": _env_int("GRAPHQL_MAX_TOKENS", cls.graphql_max_tokens),

@@ -1,5 +1,7 @@
 """Request body size limit: 413 before a handler reads more than the limit."""
 
+import re
+
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -10,23 +12,32 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class BodySizeLimit:
-    """Reject bodies over `max_bytes`, by Content-Length up front or while streaming."""
+# Batch ingest (POST /orgs/{org_id}/events) carries up to 10,000 events in one body.
+BATCH_PATH = re.compile(r"/orgs/[^/]+/events")
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+
+class BodySizeLimit:
+    """Reject bodies over the limit, by Content-Length up front or while streaming:
+    `batch_max_bytes` for batch ingest, `max_bytes` for every other request."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, batch_max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.batch_max_bytes = batch_max_bytes
 
-    def _too_large(self) -> Problem:
-        return Problem(413, f"The request body is larger than {self.max_bytes} bytes.")
+    def _limit(self, scope: Scope) -> int:
+        is_batch = scope["method"] == "POST" and BATCH_PATH.fullmatch(scope["path"])
+        return self.batch_max_bytes if is_batch else self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._limit(scope)
+        too_large = Problem(413, f"The request body is larger than {limit} bytes.")
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await problem_response(self._too_large())(scope, receive, send)
+        if declared.isdigit() and int(declared) > limit:
+            await problem_response(too_large)(scope, receive, send)
             return
 
         received = 0
@@ -37,7 +48,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     raise _BodyTooLarge
             return message
 
@@ -50,4 +61,4 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await problem_response(self._too_large())(scope, receive, send)
+                await problem_response(too_large)(scope, receive, send)

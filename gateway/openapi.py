@@ -3,7 +3,7 @@
 from typing import Any
 
 from storage.counts import MAX_BUCKETS, CountBy
-from storage.domain import MAX_ACTOR_LENGTH, EventFilter, EventStatus, EventType
+from storage.domain import MAX_ACTOR_LENGTH, MAX_BATCH_EVENTS, EventFilter, EventStatus, EventType
 from storage.events import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 ID_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}
@@ -156,7 +156,7 @@ def _event_list(summary: str, parameters: list[dict[str, Any]]) -> dict[str, Any
 def _components() -> dict[str, Any]:
     event_types = [member.value for member in EventType]
     statuses = [member.value for member in EventStatus]
-    new_event = {
+    new_event: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "required": ["event_type"],
@@ -262,6 +262,26 @@ def _components() -> dict[str, Any]:
                 },
             },
             "NewEvent": new_event,
+            "NewContainerEvent": {
+                **new_event,
+                "required": ["container_id", *new_event["required"]],
+                "properties": {"container_id": ID_SCHEMA, **new_event["properties"]},
+                "example": {"container_id": "vault-1", **new_event["example"]},
+            },
+            "EventsLogged": {
+                "type": "object",
+                "required": ["message", "count", "ids"],
+                "additionalProperties": False,
+                "properties": {
+                    "message": {"type": "string", "const": "Events logged successfully"},
+                    "count": {"type": "integer", "minimum": 1, "maximum": MAX_BATCH_EVENTS},
+                    "ids": {
+                        "type": "array",
+                        "description": "The new events' ids, in the order they were sent.",
+                        "items": {"type": "integer"},
+                    },
+                },
+            },
             "WrappedNewEvent": {
                 "type": "object",
                 "additionalProperties": False,
@@ -314,6 +334,45 @@ def openapi_document() -> dict[str, Any]:
         "/orgs/{org_id}/events": _event_list(
             "Retrieve Events for an Organization", [org, CONTAINER_FILTER, *LIST_PARAMETERS]
         ),
+    }
+    paths["/orgs/{org_id}/events"]["post"] = {
+        "summary": "Log a Batch of Container Events",
+        "description": (
+            f"Up to {MAX_BATCH_EVENTS:,} events, each naming its container, as a JSON array or "
+            "as NDJSON (one event object per line, `Content-Type: application/x-ndjson`). All "
+            "or nothing: if any item is invalid, the answer is 400 with `errors` naming every "
+            "bad item as `[index].field`, and nothing is stored; otherwise every event is "
+            "committed in one transaction before the answer, which lists the new ids in input "
+            "order. Containers are registered on first use."
+        ),
+        "parameters": [org],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_BATCH_EVENTS,
+                        "items": _ref("NewContainerEvent"),
+                    }
+                },
+                "application/x-ndjson": {
+                    "schema": {
+                        "type": "string",
+                        "description": "One NewContainerEvent JSON object per line.",
+                    }
+                },
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "Every event of the batch is committed.",
+                "content": {"application/json": {"schema": _ref("EventsLogged")}},
+            },
+            **ERRORS,
+            "413": _problem("The request body is over the batch size limit."),
+        },
     }
     paths["/orgs/{org_id}/events/counts"] = {
         "get": {

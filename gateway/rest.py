@@ -1,8 +1,8 @@
-"""The REST shim: the legacy specification's eight routes at their exact paths."""
+"""The REST shim: the legacy specification's eight routes at their exact paths, and batch ingest."""
 
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
 
 import orjson
@@ -19,14 +19,16 @@ from storage.database import Database
 from storage.domain import (
     ID_RULE,
     EventFilter,
+    InvalidBatch,
     NewEvent,
     Order,
     enum_name,
     is_valid_id,
+    parse_batch,
     parse_timestamp,
     validation_errors,
 )
-from storage.events import InvalidPage, Page, Window, list_events, log_event
+from storage.events import InvalidPage, Page, Window, list_events, log_event, log_events
 from storage.orgs import get_container
 
 LIST_PARAMETERS = ("limit", "cursor", "since", "until", "order")
@@ -155,8 +157,55 @@ async def _event_list(
     return JSONResponse(body, headers=headers)
 
 
-async def org_events(request: Request) -> JSONResponse:
-    return await _event_list(request, allowed=(*LIST_PARAMETERS, "container_id"))
+NDJSON = "application/x-ndjson"
+
+
+def _batch_items(raw: bytes, content_type: str) -> list[Any]:
+    """The items of a batch body: a JSON array, or one JSON object per line (NDJSON)."""
+    if content_type.partition(";")[0].strip().lower() != NDJSON:
+        try:
+            return cast(list[Any], orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            raise invalid("body", "must be valid JSON") from None
+    items, errors = [], []
+    for number, line in enumerate(line for line in raw.splitlines() if line.strip()):
+        try:
+            items.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            errors.append({"field": f"[{number}]", "message": "must be valid JSON"})
+    if errors:
+        raise _batch_problem(errors)
+    return items
+
+
+def _batch_problem(errors: list[dict[str, str]]) -> Problem:
+    detail = "; ".join(f"{item['field']}: {item['message']}" for item in errors)
+    return Problem(400, detail, errors=errors)
+
+
+class OrgEvents(HTTPEndpoint):
+    """GET lists the org's events; POST logs a batch of them, all or nothing."""
+
+    async def get(self, request: Request) -> JSONResponse:
+        return await _event_list(request, allowed=(*LIST_PARAMETERS, "container_id"))
+
+    async def post(self, request: Request) -> JSONResponse:
+        db, org_id = await authorized_org(request)
+        single_values(request.query_params, ())
+        raw = await request.body()
+        try:
+            items = parse_batch(_batch_items(raw, request.headers.get("content-type", "")))
+        except InvalidBatch as error:
+            raise _batch_problem(error.errors) from None
+        async with db.session() as session:
+            rows = await log_events(session, org_id=org_id, items=items)
+        return JSONResponse(
+            {
+                "message": "Events logged successfully",
+                "count": len(rows),
+                "ids": [row["id"] for row in rows],
+            }
+        )
 
 
 def filtered_events(event_filter: EventFilter) -> Callable[[Request], Awaitable[JSONResponse]]:
@@ -216,7 +265,7 @@ class ContainerEvents(HTTPEndpoint):
 
 
 routes = [
-    Route("/orgs/{org_id}/events", org_events, methods=["GET"]),
+    Route("/orgs/{org_id}/events", OrgEvents),
     *(
         Route(f"/orgs/{{org_id}}/container_events/{path}", filtered_events(event_filter))
         for path, event_filter in FILTER_PATHS.items()

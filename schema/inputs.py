@@ -21,6 +21,27 @@ class ContainerEventInput:
     details: JSON | None = None
 
 
+@strawberry.input(description="A container event of a batch: the event and the container it is of.")
+class NewContainerEventInput:
+    container_id: strawberry.ID
+    event_type: EventType
+    status: EventStatus = domain.EventStatus.SUCCESS
+    timestamp: datetime | None = strawberry.field(
+        default=None, description="When it happened, with a timezone; now when omitted."
+    )
+    actor: str | None = None
+    details: JSON | None = None
+
+
+@strawberry.type
+class LogContainerEventsPayload:
+    message: str
+    count: int
+    ids: list[strawberry.ID] = strawberry.field(
+        description="The new events' ids, in the order they were sent."
+    )
+
+
 @strawberry.type
 class LogContainerEventPayload:
     message: str

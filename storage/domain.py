@@ -17,6 +17,7 @@ RFC3339_PATTERN = re.compile(
 )
 MAX_ACTOR_LENGTH = 256
 MAX_DETAILS_BYTES = 16 * 1024
+MAX_BATCH_EVENTS = 10_000
 
 
 class EventType(StrEnum):
@@ -143,3 +144,48 @@ def validation_errors(error: ValidationError) -> list[dict[str, str]]:
             message = f"must be one of {item['ctx']['expected']}"
         found.append({"field": field, "message": message})
     return found
+
+
+class InvalidBatch(ValueError):
+    """A batch with bad items: `errors` names each by its index and field."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{item['field']}: {item['message']}" for item in errors))
+        self.errors = errors
+
+
+def parse_batch(items: object) -> list[tuple[str, NewEvent]]:
+    """(container_id, event) pairs from a batch of event objects that each name a container_id.
+
+    Every item is checked before any is stored, and every bad one is reported, as
+    `[index].field`, so a client can mend the whole batch in one go.
+    """
+    if not isinstance(items, list):
+        raise InvalidBatch([{"field": "body", "message": "must be a JSON array of events"}])
+    if not 1 <= len(items) <= MAX_BATCH_EVENTS:
+        message = f"must hold 1 to {MAX_BATCH_EVENTS} events, not {len(items)}"
+        raise InvalidBatch([{"field": "body", "message": message}])
+    parsed: list[tuple[str, NewEvent]] = []
+    errors: list[dict[str, str]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            errors.append({"field": f"[{index}]", "message": "must be a JSON object"})
+            continue
+        fields = dict(item)
+        container_id = fields.pop("container_id", None)
+        if not is_valid_id(container_id):
+            message = "is required" if container_id is None else ID_RULE
+            errors.append({"field": f"[{index}].container_id", "message": message})
+        try:
+            new_event = NewEvent.model_validate(fields)
+        except ValidationError as error:
+            errors += [
+                {"field": f"[{index}].{problem['field']}", "message": problem["message"]}
+                for problem in validation_errors(error)
+            ]
+            continue
+        if isinstance(container_id, str):
+            parsed.append((container_id, new_event))
+    if errors:
+        raise InvalidBatch(errors)
+    return parsed

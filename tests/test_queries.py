@@ -39,6 +39,10 @@ VARIABLES: dict[str, Any] = {
         "actor": "alice",
         "details": {"ip": "10.0.0.1"},
     },
+    "events": [
+        {"containerId": "c4", "eventType": "CREATE", "timestamp": "2023-11-18T13:40:00Z"},
+        {"containerId": "c1", "eventType": "ACCESS", "status": "FAILURE", "actor": "bob"},
+    ],
 }
 
 # Every type and status, spread over three containers: each filter selects some, not all.
@@ -225,6 +229,21 @@ async def expect_log_container_event(operation: Operation, rows: list[EventRecor
     assert await count_events(operation.db) == len(rows) + 1
 
 
+async def expect_log_container_events(operation: Operation, rows: list[EventRecord]) -> None:
+    payload = (await operation.run())["logContainerEvents"]
+
+    assert payload["message"] == "Events logged successfully"
+    assert payload["count"] == 2
+    rest = await operation.rest("/orgs/acme/events", limit=2)
+    newest_first = rest["events"]
+    assert [str(item["id"]) for item in reversed(newest_first)] == payload["ids"]
+    assert [(item["container_id"], item["event_type"], item["actor"]) for item in newest_first] == [
+        ("c1", "ACCESS", "bob"),
+        ("c4", "CREATE", None),
+    ]
+    assert await count_events(operation.db) == len(rows) + 2
+
+
 async def expect_event_counts(operation: Operation, rows: list[EventRecord]) -> None:
     for by in ("TYPE", "STATUS", "CONTAINER", "HOUR", "DAY"):
         data = (await operation.run(by=by))["org"]
@@ -257,6 +276,7 @@ EXPECTATIONS: dict[str, Expectation] = {
     "ContainerEvents": expect_container_events,
     "Containers": expect_containers,
     "LogContainerEvent": expect_log_container_event,
+    "LogContainerEvents": expect_log_container_events,
     "EventCounts": expect_event_counts,
 }
 

@@ -211,8 +211,8 @@ async def test_posting_to_an_unknown_filter_answers_404_not_405(client, db, acme
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
-        ("POST", "/orgs/acme/events", {"GET"}),
-        ("DELETE", "/orgs/acme/events", {"GET"}),
+        ("PUT", "/orgs/acme/events", {"GET", "POST"}),
+        ("DELETE", "/orgs/acme/events", {"GET", "POST"}),
         ("PUT", "/orgs/acme/container_events/by_access", {"GET"}),
         ("DELETE", EVENTS_OF_C1, {"GET", "POST"}),
         ("PATCH", EVENTS_OF_C1, {"GET", "POST"}),
