@@ -2,7 +2,7 @@
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 import orjson
@@ -351,7 +351,7 @@ async def log_events(
             "container_id": container_id,
             "event_type": new_event.event_type.value,
             "status": new_event.status.value,
-            "timestamp": new_event.timestamp,
+            "timestamp": new_event.timestamp.astimezone(UTC),
             "received_at": received_at,
             "actor": new_event.actor,
             "details": new_event.details,
@@ -359,16 +359,20 @@ async def log_events(
         for container_id, new_event in items
     ]
     # SQLAlchemy knows no SQLite INSERT form that ties new rowids to the order of parameter
-    # sets, so asked to return rows in that order it inserts them one statement each (about
+    # sets, so asked to return ids in that order it inserts one statement per event (about
     # 4k events/s). A multi-row INSERT gives its rows ascending ids in VALUES order, and the
-    # statements of one batch run in order, so SQLite's rows are put in order by id instead.
+    # statements of one batch run in order, so SQLite's ids are sorted instead.
     in_order = dialect != "sqlite"
     result = await session.execute(
-        events.insert().returning(*events.c, sort_by_parameter_order=in_order), values
+        events.insert().returning(events.c.id, sort_by_parameter_order=in_order), values
     )
-    rows = [event_record(row._mapping) for row in result.all()]
+    ids = list(result.scalars())
     if not in_order:
-        rows.sort(key=lambda row: row["id"])
+        ids.sort()
+    # The records are what was just written (times in UTC, as stored), not read back.
+    rows = [
+        event_record({"id": event_id, **value}) for event_id, value in zip(ids, values, strict=True)
+    ]
     await windows.record_windows(session, org_id=org_id, stored=rows)
     from storage.counts import record_counts  # here: storage.counts imports this module
 
