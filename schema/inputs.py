@@ -22,15 +22,8 @@ class ContainerEventInput:
 
 
 @strawberry.input(description="A container event of a batch: the event and the container it is of.")
-class NewContainerEventInput:
+class NewContainerEventInput(ContainerEventInput):
     container_id: strawberry.ID
-    event_type: EventType
-    status: EventStatus = domain.EventStatus.SUCCESS
-    timestamp: datetime | None = strawberry.field(
-        default=None, description="When it happened, with a timezone; now when omitted."
-    )
-    actor: str | None = None
-    details: JSON | None = None
 
 
 @strawberry.type
