@@ -3,6 +3,7 @@
 import re
 
 from starlette.datastructures import Headers
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.problems import Problem, problem_response
@@ -29,15 +30,18 @@ class BodySizeLimit:
         is_batch = scope["method"] == "POST" and BATCH_PATH.fullmatch(scope["path"])
         return self.batch_max_bytes if is_batch else self.max_bytes
 
+    @staticmethod
+    def _too_large(limit: int) -> Response:
+        return problem_response(Problem(413, f"The request body is larger than {limit} bytes."))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         limit = self._limit(scope)
-        too_large = Problem(413, f"The request body is larger than {limit} bytes.")
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            await problem_response(too_large)(scope, receive, send)
+            await self._too_large(limit)(scope, receive, send)
             return
 
         received = 0
@@ -61,4 +65,4 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await problem_response(too_large)(scope, receive, send)
+                await self._too_large(limit)(scope, receive, send)

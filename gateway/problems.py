@@ -32,7 +32,13 @@ class Problem(Exception):
 
 def invalid(field: str, message: str) -> Problem:
     """A 400 naming the one offending field."""
-    return Problem(400, f"{field}: {message}", errors=[{"field": field, "message": message}])
+    return invalid_fields([{"field": field, "message": message}])
+
+
+def invalid_fields(errors: list[dict[str, str]]) -> Problem:
+    """A 400 naming every offending field, each with its message."""
+    detail = "; ".join(f"{item['field']}: {item['message']}" for item in errors)
+    return Problem(400, detail, errors=errors)
 
 
 def problem_response(problem: Problem) -> Response:

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.auth import CHALLENGE, Authenticator, Unauthenticated
-from gateway.problems import Problem, invalid
+from gateway.problems import Problem, invalid, invalid_fields
 from gateway.responses import JSONResponse
 from storage.database import Database
 from storage.domain import (
@@ -174,13 +174,8 @@ def _batch_items(raw: bytes, content_type: str) -> list[Any]:
         except orjson.JSONDecodeError:
             errors.append({"field": f"[{number}]", "message": "must be valid JSON"})
     if errors:
-        raise _batch_problem(errors)
+        raise InvalidBatch(errors)
     return items
-
-
-def _batch_problem(errors: list[dict[str, str]]) -> Problem:
-    detail = "; ".join(f"{item['field']}: {item['message']}" for item in errors)
-    return Problem(400, detail, errors=errors)
 
 
 class OrgEvents(HTTPEndpoint):
@@ -196,7 +191,7 @@ class OrgEvents(HTTPEndpoint):
         try:
             items = parse_batch(_batch_items(raw, request.headers.get("content-type", "")))
         except InvalidBatch as error:
-            raise _batch_problem(error.errors) from None
+            raise invalid_fields(error.errors) from None
         async with db.session() as session:
             rows = await log_events(session, org_id=org_id, items=items)
         return JSONResponse(
@@ -238,8 +233,7 @@ def _parse_new_event(raw: bytes) -> NewEvent:
             {"field": prefix + item["field"], "message": item["message"]}
             for item in validation_errors(error)
         ]
-        detail = "; ".join(f"{item['field']}: {item['message']}" for item in errors)
-        raise Problem(400, detail, errors=errors) from None
+        raise invalid_fields(errors) from None
 
 
 class ContainerEvents(HTTPEndpoint):

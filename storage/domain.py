@@ -150,7 +150,7 @@ class InvalidBatch(ValueError):
     """A batch with bad items: `errors` names each by its index and field."""
 
     def __init__(self, errors: list[dict[str, str]]) -> None:
-        super().__init__("; ".join(f"{item['field']}: {item['message']}" for item in errors))
+        super().__init__(f"{len(errors)} invalid batch items")
         self.errors = errors
 
 

@@ -93,7 +93,7 @@ def zone_bound(lowest: bool) -> ScalarSelect[Any]:
     return select(aggregate(bounds.c.bound)).scalar_subquery()
 
 
-LATE_COLUMNS = ("id", "org_id", "timestamp", "container_id", "event_type", "status")
+LATE_COLUMNS = tuple(late_events.c.keys())
 
 
 async def record_windows(
