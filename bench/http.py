@@ -42,21 +42,25 @@ class Target:
     authenticated: bool = False
 
 
+CEILING, FLOOR = "ceiling: constant JSON", "floor: raw aiosqlite + orjson"
+REST, GRAPHQL, BASELINE = "REST shim page", "GraphQL, gateway", "GraphQL, default Strawberry"
+
+
 def targets(org_id: str) -> list[Target]:
     gateway_query = f'{{ org(id: "{org_id}") {{ events(first: 100) {{ nodes {{ {FIELDS} }} }} }} }}'
     baseline_query = f'{{ org(id: "{org_id}") {{ events(first: 100) {{ {FIELDS} }} }} }}'
     return [
-        Target("ceiling: constant JSON", "bench.http_apps:ceiling", False, "/"),
-        Target("floor: raw aiosqlite + orjson", "bench.http_apps:raw_driver", False, "/"),
+        Target(CEILING, "bench.http_apps:ceiling", False, "/"),
+        Target(FLOOR, "bench.http_apps:raw_driver", False, "/"),
         Target(
-            "REST shim page",
+            REST,
             "gateway.app:create_app",
             True,
             f"/orgs/{org_id}/events?limit=100",
             authenticated=True,
         ),
         Target(
-            "GraphQL, gateway",
+            GRAPHQL,
             "gateway.app:create_app",
             True,
             "/graphql",
@@ -64,7 +68,7 @@ def targets(org_id: str) -> list[Target]:
             authenticated=True,
         ),
         Target(
-            "GraphQL, default Strawberry",
+            BASELINE,
             "bench.http_apps:default_strawberry",
             False,
             "/graphql",
@@ -208,10 +212,6 @@ def _median(results: Sequence[Result]) -> Result:
         cpu_ms_per_request=statistics.median(r.cpu_ms_per_request for r in results),
         peak_rss_mib=max(r.peak_rss_mib for r in results),
     )
-
-
-CEILING, FLOOR = "ceiling: constant JSON", "floor: raw aiosqlite + orjson"
-REST, GRAPHQL, BASELINE = "REST shim page", "GraphQL, gateway", "GraphQL, default Strawberry"
 
 
 def _ratios(rates: dict[str, float]) -> str:

@@ -219,14 +219,13 @@ async def run_sizes(
     prepared: Sequence[tuple[Path, Manifest]], *, runs: int, warmup: int, budget_s: float
 ) -> list[tuple[int, dict[str, Result]]]:
     """Time every case on every database; per database, the deep cursor's depth and results."""
+    opened = [Database(f"sqlite:///{path}") for path, _manifest in prepared]
     databases: list[tuple[Database, list[Case]]] = []
     depths = []
     try:
-        for path, manifest in prepared:
-            database = Database(f"sqlite:///{path}")
-            databases.append((database, []))
+        for database, (_path, manifest) in zip(opened, prepared, strict=True):
             depth, deep_after_id = await _deep_cursor(database, manifest.org_id)
-            databases[-1][1].extend(cases(manifest, deep_after_id))
+            databases.append((database, cases(manifest, deep_after_id)))
             depths.append(depth)
         [org_id] = {manifest.org_id for _path, manifest in prepared}  # bench.load's org
         # As the server does at start-up (gateway.app): what exists now is kept out of the
@@ -238,7 +237,7 @@ async def run_sizes(
             for index in range(len(names))
         ]
     finally:
-        for database, _cases in databases:
+        for database in opened:
             await database.dispose()
     measured = []
     for turn, ((path, manifest), (_database, all_cases)) in enumerate(
