@@ -7,16 +7,19 @@ from typing import Any, TypedDict
 
 import orjson
 from sqlalchemy import (
+    CTE,
     Column,
     ColumnElement,
+    CompoundSelect,
     Executable,
     Integer,
     Select,
     bindparam,
     literal_column,
+    or_,
     select,
     type_coerce,
-    union,
+    union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -167,11 +170,11 @@ class PageShape:
     after: bool
     order: Order
 
-    def statement(self, dialect_name: str) -> Select[Any]:
+    def statement(self, dialect_name: str) -> Select[Any] | CompoundSelect:
         if self.since or self.until:
             return self._window_statement(dialect_name)
         query = select(events).where(*self._criteria(lambda column: column))
-        return self._ordered(query).limit(bindparam("limit", type_=Integer()))
+        return query.order_by(self._order_by()).limit(bindparam("limit", type_=Integer()))
 
     def _criteria(
         self, column: Callable[[Column[Any]], ColumnElement[Any]]
@@ -188,33 +191,36 @@ class PageShape:
             criteria.append(event_id < after if self.order is Order.DESC else event_id > after)
         return criteria
 
-    def _ordered(self, query: Select[Any], by: Column[Any] = events.c.id) -> Select[Any]:
-        return query.order_by(by.desc() if self.order is Order.DESC else by)
+    def _order_by(self, by: ColumnElement[Any] = events.c.id) -> ColumnElement[Any]:
+        return by.desc() if self.order is Order.DESC else by
 
-    def _window_statement(self, dialect_name: str) -> Select[Any]:
-        # See storage/windows.py: the page's ids come from a walk of its read path's id index
-        # inside the id range of the window's zones, plus the window's late events.
+    def _window_statement(self, dialect_name: str) -> CompoundSelect:
+        # See storage/windows.py: a walk of the page's read-path id index inside the id range
+        # of the window's zones, merged in id order with the window's late events that lie
+        # outside that range (the walk finds the others). Both arms yield rows in page order,
+        # so SQLite merges them and reads only the rows the page keeps.
         hidden = _indexed_elsewhere(dialect_name)
+        zones = windows.zone_range()
         walk = (
-            select(events.c.id)
+            select(events)
             .where(*replace(self, after=False)._criteria(lambda column: column))
-            .where(*self._walk_range(dialect_name))
+            .where(*self._walk_range(dialect_name, zones))
             .where(*self._in_window(hidden(events.c.timestamp)))
         )
         # Late events repeat the columns pages select by: picked from their index alone.
-        late = (
+        late_ids = (
             select(late_events.c.id)
             .where(*self._criteria(lambda column: late_events.c[column.key]))
             .where(*self._in_window(late_events.c.timestamp))
+            .where(*self._outside_zones(late_events.c.id, zones))
         )
-        limit = bindparam("limit", type_=Integer())
-        ids = union(
-            select(self._ordered(walk).limit(limit).subquery().c.id),
-            select(self._ordered(late, late_events.c.id).limit(limit).subquery().c.id),
+        late = select(events).where(events.c.id.in_(late_ids))
+        page = union_all(walk, late)
+        return page.order_by(self._order_by(page.selected_columns.id)).limit(
+            bindparam("limit", type_=Integer())
         )
-        return self._ordered(select(events).where(events.c.id.in_(ids))).limit(limit)
 
-    def _walk_range(self, dialect_name: str) -> list[ColumnElement[bool]]:
+    def _walk_range(self, dialect_name: str, zones: CTE) -> list[ColumnElement[bool]]:
         """At most one lower and one upper bound on id: the zones' and the cursor's together.
 
         Given a third bound, SQLite's planner walks (org_id, id) and tests each row's filter
@@ -224,9 +230,9 @@ class PageShape:
         lower: list[ColumnElement[int]] = []
         upper: list[ColumnElement[int]] = []
         if self.since:
-            lower.append(windows.zone_bound(lowest=True))
+            lower.append(select(zones.c.low).scalar_subquery())
         if self.until:
-            upper.append(windows.zone_bound(lowest=False))
+            upper.append(select(zones.c.high).scalar_subquery())
         if self.after:
             after = bindparam("after_id", type_=events.c.id.type)
             (upper if self.order is Order.DESC else lower).append(
@@ -238,6 +244,15 @@ class PageShape:
         if upper:
             bounds.append(events.c.id <= (upper[0] if len(upper) == 1 else lowest(*upper)))
         return bounds
+
+    def _outside_zones(self, event_id: ColumnElement[int], zones: CTE) -> list[ColumnElement[bool]]:
+        """Ids the walk does not reach: outside the id range of the window's zones."""
+        criteria: list[ColumnElement[bool]] = []
+        if self.since:
+            criteria.append(event_id < select(zones.c.low).scalar_subquery())
+        if self.until:
+            criteria.append(event_id > select(zones.c.high).scalar_subquery())
+        return [or_(*criteria)]
 
     def _in_window(self, timestamp: ColumnElement[datetime]) -> list[ColumnElement[bool]]:
         criteria = []
@@ -296,7 +311,7 @@ async def list_events(
     if shape.since or shape.until:
         values.update(windows.zone_parameters(window.since, window.until))
 
-    def statement() -> Select[Any]:
+    def statement() -> Select[Any] | CompoundSelect:
         return shape.statement(reader.dialect.name)
 
     decode = EVENT_DECODERS[reader.dialect.name]

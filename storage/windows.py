@@ -22,8 +22,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    CTE,
     Integer,
-    ScalarSelect,
     bindparam,
     func,
     literal,
@@ -33,12 +33,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import UTCDateTime, event_zones, late_events
+from storage.models import UTCDateTime, event_zones, events, late_events
 from storage.sql import least_and_greatest
 
 LATE_AFTER = timedelta(minutes=10)
 MINUTE = 60
 HOUR = 3600
+_ABOVE_EVERY_ID = literal(2**63 - 1, events.c.id.type)
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 _LATEST = datetime.max.replace(tzinfo=UTC)
 # A window's zones: the minutes before its first whole hour, its whole hours, the minutes after.
@@ -76,12 +77,19 @@ def zone_parameters(since: datetime | None, until: datetime | None) -> dict[str,
     }
 
 
-def zone_bound(lowest: bool) -> ScalarSelect[Any]:
-    """The lowest (or highest) id of the non-late events in the zones the window touches."""
-    column = event_zones.c.min_id if lowest else event_zones.c.max_id
-    aggregate = func.min if lowest else func.max
+def zone_range() -> CTE:
+    """The lowest and highest id (`low`, `high`) of the non-late events in the zones the window
+    touches; an empty range (`low` above every id, `high` 0) when it touches none. One pass over
+    the zones, however often a statement refers to it.
+
+    Never NULL: PostgreSQL's LEAST and GREATEST skip a NULL where SQLite's answer NULL, and a
+    page combines these bounds with its cursor's.
+    """
     parts = [
-        select(aggregate(column).label("bound")).where(
+        select(
+            func.min(event_zones.c.min_id).label("low"),
+            func.max(event_zones.c.max_id).label("high"),
+        ).where(
             event_zones.c.org_id == bindparam("org_id"),
             event_zones.c.span_seconds == literal(span, Integer()),
             event_zones.c.start >= bindparam(f"{name}_from", type_=UTCDateTime),
@@ -90,7 +98,10 @@ def zone_bound(lowest: bool) -> ScalarSelect[Any]:
         for name, span in _RANGES
     ]
     bounds = union_all(*parts).subquery()
-    return select(aggregate(bounds.c.bound)).scalar_subquery()
+    return select(
+        func.coalesce(func.min(bounds.c.low), _ABOVE_EVERY_ID).label("low"),
+        func.coalesce(func.max(bounds.c.high), 0).label("high"),
+    ).cte("zone_range")
 
 
 LATE_COLUMNS = tuple(late_events.c.keys())

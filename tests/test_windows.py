@@ -51,6 +51,11 @@ def windows(rng: random.Random) -> list[Window]:
         Window(since=START + timedelta(minutes=150)),
         Window(until=START + timedelta(minutes=20)),
         Window(START - timedelta(days=2), START + timedelta(days=2)),
+        # Before the first arrival: no zones, only backfilled (late) events.
+        Window(START - timedelta(hours=20), START - timedelta(hours=1)),
+        Window(until=START - timedelta(hours=1)),
+        # After the last arrival: no zones, only events stamped ahead of their arrival.
+        Window(since=START + timedelta(hours=3, minutes=1)),
     ]
     for _ in range(6):
         since, until = sorted((moment(), moment()))
