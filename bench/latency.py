@@ -1,11 +1,15 @@
 """In-process read latency of a 100-event page at several database sizes.
 
-    python -m bench.latency --sizes 10000,100000,1000000,10000000
+    python -m bench.latency --sizes 10000,100000,1000000,10000000 [--rounds 3]
 
 Each size is a database made by bench.load (loaded on first use, then reused from
 bench/data/). Every case calls storage.events.list_events on a reader borrowed for that one
 call, as a request does, for the org `bench`, which holds 20% of the events at every size;
 the point is to see whether a page costs the same at 10 million events as at ten thousand.
+
+The whole measurement is repeated for a few rounds, one after another, and every figure printed
+is the median over the rounds of that round's figure: on this shared machine one round's p99
+moves with whatever else ran during it, and the median of a few rounds is steadier.
 """
 
 import argparse
@@ -52,9 +56,10 @@ class Case:
 
 @dataclass
 class Result:
+    """One case on one database in one round: every timed run, and the rows of the page."""
+
     samples_ms: list[float]
     rows: int
-    plan: str = ""
 
     def quantile(self, fraction: float) -> float:
         ordered = sorted(self.samples_ms)
@@ -74,12 +79,46 @@ class Result:
 
 
 @dataclass
+class Timing:
+    """One case on one database over every round: each round's Result, summed up by medians."""
+
+    rounds: list[Result]
+    plan: str = ""
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(result.p50 for result in self.rounds)
+
+    @property
+    def p99(self) -> float:
+        return statistics.median(result.p99 for result in self.rounds)
+
+    @property
+    def mean(self) -> float:
+        return statistics.median(result.mean for result in self.rounds)
+
+    @property
+    def rows(self) -> int:
+        return self.rounds[0].rows
+
+    @property
+    def fewest_runs(self) -> int:
+        """The timed runs of the round that stopped earliest at the time budget."""
+        return min(len(result.samples_ms) for result in self.rounds)
+
+
+@dataclass
 class SizeRun:
     manifest: Manifest
     file_bytes: int
     cached: bool
     deep_pages: int = 0
-    results: dict[str, Result] = field(default_factory=dict)
+    results: dict[str, Timing] = field(default_factory=dict)
+
+    @property
+    def rounds(self) -> int:
+        """How many rounds timed its cases (all of them alike)."""
+        return min(len(timing.rounds) for timing in self.results.values())
 
 
 async def _deep_cursor(database: Database, org_id: str) -> tuple[int, int | None]:
@@ -170,6 +209,21 @@ async def _time_case(
     ]
 
 
+async def _time_round(
+    databases: Sequence[tuple[Database, list[Case]]],
+    org_id: str,
+    *,
+    runs: int,
+    warmup: int,
+    budget_s: float,
+) -> list[list[Result]]:
+    """One round: every case in turn as _time_case times it; per case, a Result per database."""
+    return [
+        await _time_case(databases, org_id, index, runs=runs, warmup=warmup, budget_s=budget_s)
+        for index in range(len(databases[0][1]))
+    ]
+
+
 async def _plans(path: Path, org_id: str, all_cases: Sequence[Case]) -> dict[str, str]:
     """EXPLAIN QUERY PLAN of the statement each case sends, with the parameters it binds.
 
@@ -216,9 +270,17 @@ def prepare(size: int, *, reload_stale: bool) -> tuple[Path, Manifest, bool]:
 
 
 async def run_sizes(
-    prepared: Sequence[tuple[Path, Manifest]], *, runs: int, warmup: int, budget_s: float
-) -> list[tuple[int, dict[str, Result]]]:
-    """Time every case on every database; per database, the deep cursor's depth and results."""
+    prepared: Sequence[tuple[Path, Manifest]],
+    *,
+    rounds: int,
+    runs: int,
+    warmup: int,
+    budget_s: float,
+) -> list[tuple[int, dict[str, Timing]]]:
+    """Time every case on every database, `rounds` times over, one round after another.
+
+    Returns, per database, the deep cursor's depth and each case's timings over the rounds.
+    """
     opened = [Database(f"sqlite:///{path}") for path, _manifest in prepared]
     databases: list[tuple[Database, list[Case]]] = []
     depths = []
@@ -232,10 +294,12 @@ async def run_sizes(
         # collector's full passes, which would otherwise land on random samples.
         gc.freeze()
         names = [case.name for case in databases[0][1]]
-        timed = [
-            await _time_case(databases, org_id, index, runs=runs, warmup=warmup, budget_s=budget_s)
-            for index in range(len(names))
-        ]
+        timed = []  # per round, per case, per database
+        for number in range(rounds):
+            print(f"round {number + 1} of {rounds} ...", file=sys.stderr, flush=True)
+            timed.append(
+                await _time_round(databases, org_id, runs=runs, warmup=warmup, budget_s=budget_s)
+            )
     finally:
         for database in opened:
             await database.dispose()
@@ -243,7 +307,10 @@ async def run_sizes(
     for turn, ((path, manifest), (_database, all_cases)) in enumerate(
         zip(prepared, databases, strict=True)
     ):
-        results = {name: timed[index][turn] for index, name in enumerate(names)}
+        results = {
+            name: Timing([taken[index][turn] for taken in timed])
+            for index, name in enumerate(names)
+        }
         for name, plan in (await _plans(path, manifest.org_id, all_cases)).items():
             results[name].plan = plan
         measured.append((depths[turn], results))
@@ -257,11 +324,34 @@ def label(size: int) -> str:
     return str(size)
 
 
+def _ratios(first: Result | Timing, last: Result | Timing) -> tuple[float, float]:
+    """The p50 and the p99 of `last` as multiples of those of `first`."""
+    return last.p50 / first.p50, last.p99 / first.p99
+
+
+def _print_round_ratios(runs: dict[int, SizeRun], names: Sequence[str], width: int) -> None:
+    """Every round's largest-to-smallest p50 / p99 ratios per case: the spread of the medians."""
+    smallest, largest = min(runs), max(runs)
+    ratio = f"{label(largest)}/{label(smallest)}"
+    print(f"each round's {ratio} p50 / p99 ratio, the spread behind the medians above:")
+    header = f"{'case (' + ratio + ' p50/p99)':<{width}}"
+    rounds = range(1, runs[smallest].rounds + 1)
+    print(header + "".join(f"{f'round {number}':>14}" for number in rounds))
+    for name in names:
+        first, last = runs[smallest].results[name], runs[largest].results[name]
+        cells = []
+        for smaller, larger in zip(first.rounds, last.rounds, strict=True):
+            p50_ratio, p99_ratio = _ratios(smaller, larger)
+            cells.append(f"x{p50_ratio:.2f}/x{p99_ratio:.2f}")
+        print(f"{name:<{width}}" + "".join(f"{cell:>14}" for cell in cells))
+
+
 def report(runs: dict[int, SizeRun]) -> None:
     sizes = sorted(runs)
     smallest, largest = sizes[0], sizes[-1]
     names = list(runs[smallest].results)
     width = max(len(name) for name in names) + 2
+    rounds = runs[smallest].rounds
     for size in sizes:
         run = runs[size]
         origin = "cached" if run.cached else "loaded now"
@@ -272,26 +362,36 @@ def report(runs: dict[int, SizeRun]) -> None:
             f"deep cursor at page {run.deep_pages}"
         )
     print()
+    print(
+        f"p50 / p99 ms, each the median over {rounds} rounds of that round's p50 / p99; "
+        f"the ratio of these medians is NOT FLAT above x{FLAT_RATIO:.2f}:"
+    )
     ratio_title = f"{label(largest)}/{label(smallest)} p50 / p99"
-    header = f"{'case (p50 / p99 ms)':<{width}}" + "".join(f"{label(size):>16}" for size in sizes)
-    print(header + f"  {ratio_title}")
+    header = f"{'case (median p50 / p99 ms)':<{width}}"
+    print(header + "".join(f"{label(size):>16}" for size in sizes) + f"  {ratio_title}")
     for name in names:
         cells = "".join(
             f"{runs[size].results[name].p50:>8.2f} /{runs[size].results[name].p99:>6.2f}"
             for size in sizes
         )
         first, last = runs[smallest].results[name], runs[largest].results[name]
-        p50_ratio, p99_ratio = last.p50 / first.p50, last.p99 / first.p99
+        p50_ratio, p99_ratio = _ratios(first, last)
         flag = "  NOT FLAT" if max(p50_ratio, p99_ratio) > FLAT_RATIO else ""
         if first.rows != last.rows:
             # Not the same page: the smaller org holds too few such events to fill one.
             flag += f" ({label(smallest)} page: {first.rows} rows)"
         print(f"{name:<{width}}{cells}  x{p50_ratio:.2f} / x{p99_ratio:.2f}{flag}")
     print()
+    _print_round_ratios(runs, names, width)
+    print()
+    print(
+        f"mean ms, the median over {rounds} rounds of that round's mean; runs: the fewest a "
+        "round timed (budget); rows: on the page:"
+    )
     print(f"{'case (mean ms, runs, rows)':<{width}}" + "".join(f"{label(s):>16}" for s in sizes))
     for name in names:
         cells = "".join(
-            f"{runs[s].results[name].mean:>7.2f}{len(runs[s].results[name].samples_ms):>5}"
+            f"{runs[s].results[name].mean:>7.2f}{runs[s].results[name].fewest_runs:>5}"
             f"{runs[s].results[name].rows:>4}"
             for s in sizes
         )
@@ -326,10 +426,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=[10_000, 100_000, 1_000_000],
         help="comma-separated event counts (default 10000,100000,1000000)",
     )
-    parser.add_argument("--runs", type=int, default=300, help="timed runs per case (300)")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed runs first (20)")
     parser.add_argument(
-        "--budget", type=float, default=20.0, help="seconds per case before stopping early (20)"
+        "--rounds",
+        type=int,
+        default=3,
+        help="times the whole measurement is repeated; figures are medians over rounds (3)",
+    )
+    parser.add_argument(
+        "--runs", type=int, default=300, help="timed runs per case and size in a round (300)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=20, help="untimed runs first, in every round (20)"
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=20.0,
+        help="seconds per case in a round before stopping early (20)",
     )
     parser.add_argument(
         "--keep-stale",
@@ -337,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="reuse cached databases built for an older storage schema instead of reloading",
     )
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     prepared = []
     cached = []
     for size in args.sizes:
@@ -345,7 +460,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         cached.append(was_cached)
     print(f"measuring {', '.join(label(size) for size in args.sizes)} ...", file=sys.stderr)
     measured = asyncio.run(
-        run_sizes(prepared, runs=args.runs, warmup=args.warmup, budget_s=args.budget)
+        run_sizes(
+            prepared,
+            rounds=args.rounds,
+            runs=args.runs,
+            warmup=args.warmup,
+            budget_s=args.budget,
+        )
     )
     runs = {
         size: SizeRun(manifest, path.stat().st_size, was_cached, depth, results)
