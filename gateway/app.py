@@ -31,7 +31,11 @@ from storage.database import Database
 def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Starlette:
     """Build the gateway; the schema is created on start-up if the database lacks it."""
     settings = settings or Settings.from_env()
-    db = db or Database(settings.database_url, read_pool_size=settings.read_pool_size)
+    db = db or Database(
+        settings.database_url,
+        read_pool_size=settings.read_pool_size,
+        group_commit=settings.group_commit,
+    )
     authenticator = Authenticator(db, cache_seconds=settings.key_cache_seconds)
     graphql = GraphQLApp(
         build_schema(

@@ -28,6 +28,13 @@ def _env_float(name: str, default: float) -> float:
         raise SystemExit(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from None
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    return raw.lower() not in ("0", "false", "no", "off")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -39,6 +46,8 @@ class Settings:
     graphiql: bool = True
     key_cache_seconds: float = 2.0
     read_pool_size: int = 2
+    # Off only to measure what group commit gains (bench.writes): one transaction per request.
+    group_commit: bool = True
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":
@@ -50,9 +59,10 @@ class Settings:
             "graphql_max_depth": _env_int("GRAPHQL_MAX_DEPTH", cls.graphql_max_depth),
             "graphql_max_aliases": _env_int("GRAPHQL_MAX_ALIASES", cls.graphql_max_aliases),
             "graphql_max_tokens": _env_int("GRAPHQL_MAX_TOKENS", cls.graphql_max_tokens),
-            "graphiql": os.environ.get(ENV_PREFIX + "GRAPHIQL", "1") not in ("0", "false", "no"),
+            "graphiql": _env_flag("GRAPHIQL", cls.graphiql),
             "key_cache_seconds": _env_float("KEY_CACHE_SECONDS", cls.key_cache_seconds),
             "read_pool_size": _env_int("READ_POOL_SIZE", cls.read_pool_size),
+            "group_commit": _env_flag("GROUP_COMMIT", cls.group_commit),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ from storage.domain import (
     parse_timestamp,
     validation_errors,
 )
-from storage.events import InvalidPage, Page, Window, list_events, log_event, log_events
+from storage.events import InvalidPage, Page, Window, list_events
 from storage.orgs import get_container
 
 LIST_PARAMETERS = ("limit", "cursor", "since", "until", "order")
@@ -192,8 +192,7 @@ class OrgEvents(HTTPEndpoint):
             items = parse_batch(_batch_items(raw, request.headers.get("content-type", "")))
         except InvalidBatch as error:
             raise invalid_fields(error.errors) from None
-        async with db.session() as session:
-            rows = await log_events(session, org_id=org_id, items=items)
+        rows = await db.writer.log(org_id, items)
         return JSONResponse(
             {
                 "message": "Events logged successfully",
@@ -251,10 +250,7 @@ class ContainerEvents(HTTPEndpoint):
         container_id = checked_id("container_id", request.path_params["container_id"])
         single_values(request.query_params, ())
         new_event = _parse_new_event(await request.body())
-        async with db.session() as session:
-            row = await log_event(
-                session, org_id=org_id, container_id=container_id, new_event=new_event
-            )
+        [row] = await db.writer.log(org_id, [(container_id, new_event)])
         return JSONResponse({"message": "Event logged successfully", "event": row})
 
 

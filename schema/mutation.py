@@ -24,7 +24,6 @@ from storage.domain import (
     parse_batch,
     validation_errors,
 )
-from storage.events import log_event, log_events
 
 _GRAPHQL_FIELD = {"event_type": "eventType", "container_id": "containerId"}
 _ITEM_FIELD = re.compile(r"\[(\d+)\](?:\.(\w+))?")
@@ -69,10 +68,7 @@ class Mutation:
         if not is_valid_id(container_id):
             raise BadUserInput(f"containerId {ID_RULE}", field="containerId")
         new_event = _new_event(event)
-        async with info.context.db.session() as session:
-            row = await log_event(
-                session, org_id=org_id, container_id=container_id, new_event=new_event
-            )
+        [row] = await info.context.db.writer.log(org_id, [(container_id, new_event)])
         return LogContainerEventPayload(
             message="Event logged successfully", event=Event.from_row(row)
         )
@@ -104,8 +100,7 @@ class Mutation:
             ]
             message = "; ".join(f"{item['field']} {item['message']}" for item in errors)
             raise BadUserInput(message, field=errors[0]["field"], errors=errors) from None
-        async with info.context.db.session() as session:
-            rows = await log_events(session, org_id=org_id, items=items)
+        rows = await info.context.db.writer.log(org_id, items)
         return LogContainerEventsPayload(
             message="Events logged successfully",
             count=len(rows),

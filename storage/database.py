@@ -18,6 +18,7 @@ from sqlmodel import SQLModel
 
 from storage import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from storage.driver import PostgresReaderPool, Reader, SQLiteReaderPool
+from storage.writer import EventWriter
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./events.db"
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -55,10 +56,16 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Database:
-    """One database URL: an engine and sessions for writes, driver connections for hot reads."""
+    """One database URL: an engine and sessions for writes (events through `writer`, which
+    commits concurrent writes together), driver connections for hot reads."""
 
     def __init__(
-        self, url: str = DEFAULT_DATABASE_URL, *, echo: bool = False, read_pool_size: int = 2
+        self,
+        url: str = DEFAULT_DATABASE_URL,
+        *,
+        echo: bool = False,
+        read_pool_size: int = 2,
+        group_commit: bool = True,
     ) -> None:
         self.url = normalize_url(url)
         parsed = make_url(self.url)
@@ -76,6 +83,7 @@ class Database:
         self._readers: SQLiteReaderPool | PostgresReaderPool | None = None
         self._read_pool_size = read_pool_size
         self._readers_opening = asyncio.Lock()
+        self.writer = EventWriter(self.session, group_commit=group_commit)
 
     @property
     def dialect(self) -> str:
@@ -123,6 +131,7 @@ class Database:
             await connection.run_sync(SQLModel.metadata.drop_all)
 
     async def dispose(self) -> None:
+        await self.writer.drain()
         if self._readers is not None:
             await self._readers.close()
             self._readers = None

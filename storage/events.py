@@ -343,6 +343,16 @@ async def log_events(
 
     Returns the stored rows in input order, after the commit.
     """
+    rows = await store_events(session, org_id=org_id, items=items)
+    await session.commit()
+    return rows
+
+
+async def store_events(
+    session: AsyncSession, *, org_id: str, items: Sequence[tuple[str, NewEvent]]
+) -> list[EventRecord]:
+    """Write (container_id, event) pairs in the session's transaction, registering new
+    containers, without committing; returns the rows in input order."""
     dialect = session.get_bind().dialect.name
     latest: dict[str, datetime] = {}
     for container_id, new_event in items:
@@ -392,7 +402,6 @@ async def log_events(
     from storage.counts import record_counts  # here: storage.counts imports this module
 
     await record_counts(session, org_id=org_id, stored=rows)
-    await session.commit()
     return rows
 
 
