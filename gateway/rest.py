@@ -28,10 +28,19 @@ from storage.domain import (
     parse_timestamp,
     validation_errors,
 )
-from storage.events import InvalidPage, Page, Window, list_events
+from storage.events import EventRecord, InvalidPage, Page, Window, list_events
+from storage.idempotency import (
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
+    idempotency,
+)
 from storage.orgs import get_container
 
 LIST_PARAMETERS = ("limit", "cursor", "since", "until", "order")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# On the answer to a retry: it repeats the first answer; nothing new was stored.
+REPLAYED_HEADER = "Idempotent-Replayed"
 Choice = TypeVar("Choice", bound=StrEnum)
 FILTER_PATHS = {f"by_{event_filter.value.lower()}": event_filter for event_filter in EventFilter}
 
@@ -178,6 +187,35 @@ def _batch_items(raw: bytes, content_type: str) -> list[Any]:
     return items
 
 
+async def _log(
+    request: Request,
+    db: Database,
+    org_id: str,
+    kind: str,
+    items: list[tuple[str, NewEvent]],
+) -> tuple[list[EventRecord], dict[str, str]]:
+    """Store validated events, once per Idempotency-Key; their rows and the answer's headers."""
+    try:
+        key = idempotency(request.headers.get(IDEMPOTENCY_HEADER), kind, items)
+    except InvalidIdempotencyKey as error:
+        raise invalid(IDEMPOTENCY_HEADER, str(error)) from None
+    try:
+        logged = await db.writer.log(org_id, items, key)
+    except IdempotencyKeyReused:
+        raise Problem(
+            422,
+            f"This {IDEMPOTENCY_HEADER} was already used for a different request; "
+            "send a new key for a new request.",
+        ) from None
+    except IdempotencyKeyInFlight:
+        raise Problem(
+            409,
+            f"A request with this {IDEMPOTENCY_HEADER} is still being processed; "
+            "retry once it is answered.",
+        ) from None
+    return logged.rows, {REPLAYED_HEADER: "true"} if logged.replayed else {}
+
+
 class OrgEvents(HTTPEndpoint):
     """GET lists the org's events; POST logs a batch of them, all or nothing."""
 
@@ -192,13 +230,14 @@ class OrgEvents(HTTPEndpoint):
             items = parse_batch(_batch_items(raw, request.headers.get("content-type", "")))
         except InvalidBatch as error:
             raise invalid_fields(error.errors) from None
-        rows = await db.writer.log(org_id, items)
+        rows, headers = await _log(request, db, org_id, "batch", items)
         return JSONResponse(
             {
                 "message": "Events logged successfully",
                 "count": len(rows),
                 "ids": [row["id"] for row in rows],
-            }
+            },
+            headers=headers,
         )
 
 
@@ -250,8 +289,8 @@ class ContainerEvents(HTTPEndpoint):
         container_id = checked_id("container_id", request.path_params["container_id"])
         single_values(request.query_params, ())
         new_event = _parse_new_event(await request.body())
-        [row] = await db.writer.log(org_id, [(container_id, new_event)])
-        return JSONResponse({"message": "Event logged successfully", "event": row})
+        [row], headers = await _log(request, db, org_id, "event", [(container_id, new_event)])
+        return JSONResponse({"message": "Event logged successfully", "event": row}, headers=headers)
 
 
 routes = [

@@ -27,6 +27,14 @@ class BadUserInput(CodedError):
     code = "BAD_USER_INPUT"
 
 
+class IdempotencyKeyReusedError(CodedError):
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class IdempotencyKeyInFlightError(CodedError):
+    code = "IDEMPOTENCY_KEY_IN_FLIGHT"
+
+
 def is_unexpected(error: GraphQLError) -> bool:
     """A fault of the server: raised while resolving a field, and not a CodedError."""
     return error.path is not None and not isinstance(error.original_error, CodedError)

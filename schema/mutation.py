@@ -1,13 +1,19 @@
 """The root Mutation: logging container events, one or a batch."""
 
 import re
+from typing import Annotated
 
 import strawberry
 from pydantic import ValidationError
 from strawberry.types import Info
 
 from schema.context import Context
-from schema.errors import BadUserInput, NotFound
+from schema.errors import (
+    BadUserInput,
+    IdempotencyKeyInFlightError,
+    IdempotencyKeyReusedError,
+    NotFound,
+)
 from schema.inputs import (
     ContainerEventInput,
     LogContainerEventPayload,
@@ -23,6 +29,14 @@ from storage.domain import (
     is_valid_id,
     parse_batch,
     validation_errors,
+)
+from storage.events import EventRecord
+from storage.idempotency import (
+    KEY_RULE,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
+    idempotency,
 )
 
 _GRAPHQL_FIELD = {"event_type": "eventType", "container_id": "containerId"}
@@ -44,6 +58,49 @@ def _new_event(event: ContainerEventInput) -> NewEvent:
         raise BadUserInput(f"{field} {first['message']}", field=field) from None
 
 
+IdempotencyKeyArgument = Annotated[
+    str | None,
+    strawberry.argument(
+        description=(
+            "Makes a retry safe: a retry with the same key (scoped to the org, kept at least "
+            "24 hours) and the same events returns the first answer and stores nothing; the "
+            "same key with other events fails with IDEMPOTENCY_KEY_REUSED, and a retry while "
+            "the first is still being written fails with IDEMPOTENCY_KEY_IN_FLIGHT. "
+            f"The key {KEY_RULE}."
+        )
+    ),
+]
+
+
+async def _log(
+    info: Info[Context, None],
+    org_id: str,
+    kind: str,
+    items: list[tuple[str, NewEvent]],
+    key: str | None,
+) -> list[EventRecord]:
+    """Store validated events, once per idempotency key."""
+    try:
+        once = idempotency(key, kind, items)
+    except InvalidIdempotencyKey as error:
+        raise BadUserInput(f"idempotencyKey {error}", field="idempotencyKey") from None
+    try:
+        logged = await info.context.db.writer.log(org_id, items, once)
+    except IdempotencyKeyReused:
+        raise IdempotencyKeyReusedError(
+            "This idempotencyKey was already used for different events; "
+            "send a new key for a new request.",
+            field="idempotencyKey",
+        ) from None
+    except IdempotencyKeyInFlight:
+        raise IdempotencyKeyInFlightError(
+            "A request with this idempotencyKey is still being processed; "
+            "retry once it is answered.",
+            field="idempotencyKey",
+        ) from None
+    return logged.rows
+
+
 def _graphql_batch_field(field: str) -> str:
     """A batch error's `[index].field` as the mutation's argument path: `events[3].eventType`."""
     match = _ITEM_FIELD.fullmatch(field)
@@ -62,13 +119,14 @@ class Mutation:
         org_id: strawberry.ID,
         container_id: strawberry.ID,
         event: ContainerEventInput,
+        idempotency_key: IdempotencyKeyArgument = None,
     ) -> LogContainerEventPayload:
         if org_id != info.context.org_id:
             raise NotFound(f"Organization {org_id!r} not found.")
         if not is_valid_id(container_id):
             raise BadUserInput(f"containerId {ID_RULE}", field="containerId")
         new_event = _new_event(event)
-        [row] = await info.context.db.writer.log(org_id, [(container_id, new_event)])
+        [row] = await _log(info, org_id, "event", [(container_id, new_event)], idempotency_key)
         return LogContainerEventPayload(
             message="Event logged successfully", event=Event.from_row(row)
         )
@@ -84,6 +142,7 @@ class Mutation:
         info: Info[Context, None],
         org_id: strawberry.ID,
         events: list[NewContainerEventInput],
+        idempotency_key: IdempotencyKeyArgument = None,
     ) -> LogContainerEventsPayload:
         if org_id != info.context.org_id:
             raise NotFound(f"Organization {org_id!r} not found.")
@@ -100,7 +159,7 @@ class Mutation:
             ]
             message = "; ".join(f"{item['field']} {item['message']}" for item in errors)
             raise BadUserInput(message, field=errors[0]["field"], errors=errors) from None
-        rows = await info.context.db.writer.log(org_id, items)
+        rows = await _log(info, org_id, "batch", items, idempotency_key)
         return LogContainerEventsPayload(
             message="Events logged successfully",
             count=len(rows),

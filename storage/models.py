@@ -161,6 +161,22 @@ class ApiKey(SQLModel, table=True):
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+class IdempotencyKey(SQLModel, table=True):
+    """A write made with an Idempotency-Key: what was asked (a digest) and the events stored.
+
+    Written in the transaction that stores the events, so a key is taken exactly when its
+    events exist. Kept at least storage.idempotency.KEEP_KEYS, then pruned.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    org_id: str = Field(foreign_key="organizations.id", primary_key=True, max_length=128)
+    key: str = Field(primary_key=True, max_length=255)
+    request_digest: str = Field(max_length=64)
+    event_ids: list[int] = Field(sa_type=JSON)
+    created_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
 # Event counts rolled up as events are stored (storage/counts.py), in the same transaction, so
 # a count read from them always equals a COUNT over `events`. Each is keyed by what a count
 # selects or groups on; `hour` is the hour the event's timestamp falls in, as whole hours since
@@ -249,6 +265,7 @@ events: Table = Event.__table__  # type: ignore[attr-defined]
 event_zones: Table = EventZone.__table__  # type: ignore[attr-defined]
 late_events: Table = LateEvent.__table__  # type: ignore[attr-defined]
 api_keys: Table = ApiKey.__table__  # type: ignore[attr-defined]
+idempotency_keys: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]
 counts_by_org: Table = OrgEventCount.__table__  # type: ignore[attr-defined]
 counts_by_container: Table = ContainerEventCount.__table__  # type: ignore[attr-defined]
 counts_by_org_hour: Table = OrgHourEventCount.__table__  # type: ignore[attr-defined]

@@ -7,31 +7,52 @@ disk flush, so a hundred writers waiting on one flush are about a hundred times 
 a hundred flushes, and no request is answered before its events are committed.
 
 Each write is all or nothing on its own: if a group's transaction fails, its writes are
-retried one transaction each, so a write that cannot be stored fails alone.
+retried one transaction each, so a write that cannot be stored fails alone. A write with an
+idempotency key (storage.idempotency) takes its key in the transaction that stores it.
 """
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from itertools import groupby
+from typing import NamedTuple
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.domain import NewEvent
-from storage.events import EventRecord, log_events, store_events
+from storage.events import EventRecord, store_events
+from storage.idempotency import (
+    Idempotency,
+    IdempotencyKeyInFlight,
+    prune_keys,
+    record_key,
+    stored_answer,
+)
+from storage.models import utcnow
 
 Sessions = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
 # A group stops growing once it holds this many events (a larger single write goes alone).
 MAX_GROUP_EVENTS = 10_000
+# Expired idempotency keys are deleted by the first write this long after the last pruning.
+PRUNE_EVERY_SECONDS = 60.0
+
+
+class Logged(NamedTuple):
+    rows: list[EventRecord]
+    replayed: bool  # the answer of an earlier write with the same idempotency key
 
 
 @dataclass
 class _Write:
     org_id: str
     items: Sequence[tuple[str, NewEvent]]
+    idempotency: Idempotency | None = None
     stored: asyncio.Future[list[EventRecord]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -55,13 +76,51 @@ class EventWriter:
         self.group_commit = group_commit
         self._queue: deque[_Write] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: set[tuple[str, str]] = set()  # (org_id, idempotency key)
+        self._pruned_at = -PRUNE_EVERY_SECONDS
 
-    async def log(self, org_id: str, items: Sequence[tuple[str, NewEvent]]) -> list[EventRecord]:
-        """Store (container_id, event) pairs, all or nothing; their rows once committed."""
+    async def log(
+        self,
+        org_id: str,
+        items: Sequence[tuple[str, NewEvent]],
+        idempotency: Idempotency | None = None,
+    ) -> Logged:
+        """Store (container_id, event) pairs, all or nothing; their rows once committed.
+
+        With an idempotency key already used for the same request, nothing is stored and the
+        rows are those stored then. Raises IdempotencyKeyReused (another request used the key)
+        or IdempotencyKeyInFlight (the first request with it is not answered yet).
+        """
+        if idempotency is None:
+            return Logged(await self._store(_Write(org_id, items)), replayed=False)
+        taken = (org_id, idempotency.key)
+        if taken in self._in_flight:
+            raise IdempotencyKeyInFlight(idempotency.key)
+        self._in_flight.add(taken)
+        try:
+            if (rows := await self._stored_answer(org_id, idempotency)) is not None:
+                return Logged(rows, replayed=True)
+            try:
+                return Logged(await self._store(_Write(org_id, items, idempotency)), False)
+            except IntegrityError:
+                # Another process took the key first: answer what it stored.
+                if (rows := await self._stored_answer(org_id, idempotency)) is None:
+                    raise
+                return Logged(rows, replayed=True)
+        finally:
+            self._in_flight.discard(taken)
+
+    async def _stored_answer(
+        self, org_id: str, idempotency: Idempotency
+    ) -> list[EventRecord] | None:
+        async with self._sessions() as session:
+            return await stored_answer(session, org_id, idempotency)
+
+    async def _store(self, write: _Write) -> list[EventRecord]:
         if not self.group_commit:
             async with self._sessions() as session:
-                return await log_events(session, org_id=org_id, items=items)
-        write = _Write(org_id, items)
+                [rows] = await self._write(session, [write])
+                return rows
         self._queue.append(write)
         if self._task is None:
             self._task = asyncio.create_task(self._run())
@@ -93,11 +152,20 @@ class EventWriter:
             group.append(self._queue.popleft())
         return group
 
+    async def _write(self, session: AsyncSession, group: list[_Write]) -> list[list[EventRecord]]:
+        """Store a group in the session's transaction and commit; each write's rows."""
+        now = utcnow()
+        if time.monotonic() - self._pruned_at >= PRUNE_EVERY_SECONDS:
+            await prune_keys(session, now)
+            self._pruned_at = time.monotonic()
+        stored = await _store_group(session, group, now)
+        await session.commit()
+        return stored
+
     async def _commit(self, group: list[_Write]) -> None:
         try:
             async with self._sessions() as session:
-                stored = await _store_group(session, group)
-                await session.commit()
+                stored = await self._write(session, group)
         except asyncio.CancelledError as cancelled:
             for write in group:
                 write.fail(RuntimeError("the event writer stopped"))
@@ -107,9 +175,8 @@ class EventWriter:
             for write in group:
                 try:
                     async with self._sessions() as session:
-                        write.answer(
-                            await log_events(session, org_id=write.org_id, items=write.items)
-                        )
+                        [rows] = await self._write(session, [write])
+                    write.answer(rows)
                 except Exception as error:
                     write.fail(error)
             return
@@ -117,9 +184,11 @@ class EventWriter:
             write.answer(rows)
 
 
-async def _store_group(session: AsyncSession, group: list[_Write]) -> list[list[EventRecord]]:
-    """Write a group's events in the session's transaction, one statement set per org (in org
-    order, so two processes' groups lock rows in the same order); each write's rows."""
+async def _store_group(
+    session: AsyncSession, group: list[_Write], now: datetime
+) -> list[list[EventRecord]]:
+    """Write a group's events and keys in the session's transaction, one statement set per org
+    (in org order, so two processes' groups lock rows in the same order); each write's rows."""
     rows_of: dict[int, list[EventRecord]] = {}
     by_org = sorted(range(len(group)), key=lambda index: group[index].org_id)
     for org_id, indexes in groupby(by_org, key=lambda index: group[index].org_id):
@@ -131,4 +200,6 @@ async def _store_group(session: AsyncSession, group: list[_Write]) -> list[list[
             end = start + len(group[index].items)
             rows_of[index] = rows[start:end]
             start = end
+            if (idempotency := group[index].idempotency) is not None:
+                await record_key(session, org_id, idempotency, rows_of[index], now)
     return [rows_of[index] for index in range(len(group))]

@@ -38,7 +38,7 @@ async def test_concurrent_writes_share_commits_and_each_is_visible_when_answered
     unseen: list[int] = []
 
     async def write(index: int) -> EventRecord:
-        [row] = await db.writer.log("acme", [(f"c{index % 3}", new_event(index))])
+        [row] = (await db.writer.log("acme", [(f"c{index % 3}", new_event(index))])).rows
         # Answered: the event must already be committed, visible to another connection.
         if row["id"] not in await visible_ids(db):
             unseen.append(row["id"])
@@ -91,7 +91,7 @@ async def test_a_batch_in_a_group_is_stored_whole_and_in_order(db: Database) -> 
     batch = [(f"c{index}", new_event(index)) for index in range(50)]
     singles = [db.writer.log("acme", [("solo", new_event(index))]) for index in range(5)]
 
-    *_, batch_rows = await asyncio.gather(*singles, db.writer.log("acme", batch))
+    *_, (batch_rows, _replayed) = await asyncio.gather(*singles, db.writer.log("acme", batch))
 
     assert [row["container_id"] for row in batch_rows] == [f"c{i}" for i in range(50)]
     ids = [row["id"] for row in batch_rows]
