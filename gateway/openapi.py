@@ -38,6 +38,30 @@ ERRORS = {
     "404": _problem("Unknown organization or container, or another organization's."),
 }
 
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Makes a retry safe. A retry with the same key (scoped to the org, kept at least 24 "
+        "hours) and the same events answers what the first request answered, with "
+        "`Idempotent-Replayed: true`, and stores nothing; the same key with other events "
+        "answers 422; a retry while the first request is still being written answers 409 "
+        "(retry it once that one is answered)."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+}
+IDEMPOTENCY_ERRORS = {
+    "409": _problem("A request with this Idempotency-Key is still being processed."),
+    "422": _problem("This Idempotency-Key was already used for a different request."),
+}
+REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this answer repeats an earlier request's (same key).",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+
 PATH_PARAMETERS = {
     name: {"name": name, "in": "path", "required": True, "schema": ID_SCHEMA}
     for name in ("org_id", "container_id")
@@ -345,7 +369,7 @@ def openapi_document() -> dict[str, Any]:
             "committed in one transaction before the answer, which lists the new ids in input "
             "order. Containers are registered on first use."
         ),
-        "parameters": [org],
+        "parameters": [org, IDEMPOTENCY_KEY],
         "requestBody": {
             "required": True,
             "content": {
@@ -368,9 +392,11 @@ def openapi_document() -> dict[str, Any]:
         "responses": {
             "200": {
                 "description": "Every event of the batch is committed.",
+                "headers": REPLAYED,
                 "content": {"application/json": {"schema": _ref("EventsLogged")}},
             },
             **ERRORS,
+            **IDEMPOTENCY_ERRORS,
             "413": _problem("The request body is over the batch size limit."),
         },
     }
@@ -396,7 +422,7 @@ def openapi_document() -> dict[str, Any]:
     container_path["post"] = {
         "summary": "Create a Container Event",
         "description": "Registers the container on first use. Answers once the event is committed.",
-        "parameters": [org, container],
+        "parameters": [org, container, IDEMPOTENCY_KEY],
         "requestBody": {
             "required": True,
             "content": {
@@ -408,9 +434,11 @@ def openapi_document() -> dict[str, Any]:
         "responses": {
             "200": {
                 "description": "Event logged successfully.",
+                "headers": REPLAYED,
                 "content": {"application/json": {"schema": _ref("EventLogged")}},
             },
             **ERRORS,
+            **IDEMPOTENCY_ERRORS,
             "413": _problem("The request body is over the size limit."),
         },
     }
