@@ -46,6 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.domain import EventFilter
+from storage.driver import execute_many
 from storage.events import EventRecord, Window, filter_column
 from storage.models import (
     counts_by_container,
@@ -190,7 +191,7 @@ async def record_counts(
             for key, count in sorted(increments.items())
         ]
         if rows:
-            await session.execute(_increment(dialect, table), rows)
+            await execute_many(session, _increment(dialect, table), rows)
 
 
 # Reading.

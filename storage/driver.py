@@ -1,11 +1,14 @@
-"""Hot reads on the database driver's own connections.
+"""Hot reads, and SQLite's writes, on the database driver's own connections.
 
 SQLAlchemy's async session costs several times the raw driver per statement. Hot read paths
 therefore build their statements with SQLAlchemy Core, compile them once per dialect, and run
-the compiled SQL on a small pool of aiosqlite or asyncpg connections.
+the compiled SQL on a small pool of aiosqlite or asyncpg connections. Writes on SQLite run
+their compiled statements on the session's own driver connection (`execute_many`), inside the
+session's transaction: SQLAlchemy's work per written row costs several times SQLite's.
 """
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,7 +18,9 @@ import aiosqlite
 import asyncpg
 import orjson
 from sqlalchemy.engine import URL, Dialect
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
 Processor = Callable[[Any], Any]
@@ -55,9 +60,17 @@ class CompiledQuery:
         return decoded
 
 
-def compile_query(statement: ClauseElement, dialect: Dialect) -> CompiledQuery:
-    """Compile a Core statement whose variable parts are named bindparams."""
-    compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
+def compile_query(
+    statement: ClauseElement, dialect: Dialect, column_keys: Sequence[str] | None = None
+) -> CompiledQuery:
+    """Compile a Core statement whose variable parts are named bindparams (for an INSERT, the
+    `column_keys` it is given values for)."""
+    compiled = cast(
+        SQLCompiler,
+        statement.compile(
+            dialect=dialect, column_keys=None if column_keys is None else list(column_keys)
+        ),
+    )
     binders = {
         name: binder
         for name, bind in compiled.binds.items()
@@ -190,3 +203,42 @@ class PostgresReaderPool:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+_written: dict[tuple[Executable, tuple[str, ...]], CompiledQuery] = {}
+
+
+async def execute_many(
+    session: AsyncSession,
+    statement: Executable,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    last_rowid: bool = False,
+) -> int | None:
+    """Run an INSERT (or upsert) once per row, in the session's transaction; every row has the
+    same keys. On SQLite the statement (which must be built once, not per call) is compiled
+    once and run on the driver's connection; asked for `last_rowid`, the answer is the rowid
+    of the last row inserted. On PostgreSQL it runs through the session and answers None.
+    """
+    bind = session.get_bind()
+    if bind.dialect.name != "sqlite" or not rows:
+        await session.execute(statement, list(rows))
+        return None
+    keys = tuple(rows[0])
+    compiled = _written.get((statement, keys))
+    if compiled is None:
+        compiled = _written[statement, keys] = compile_query(
+            cast(ClauseElement, statement), bind.dialect, keys
+        )
+    connection = await (await session.connection()).get_raw_connection()
+    driver = cast(aiosqlite.Connection, connection.driver_connection)
+    try:
+        await driver.executemany(compiled.sql, [compiled.parameters(row) for row in rows])
+        if not last_rowid:
+            return None
+        async with driver.execute("SELECT last_insert_rowid()") as cursor:
+            found = await cursor.fetchone()
+    except sqlite3.Error as error:
+        # The errors SQLAlchemy would have raised (IntegrityError, OperationalError, ...).
+        raise DBAPIError.instance(compiled.sql, None, error, sqlite3.Error) from error
+    return None if found is None else int(found[0])

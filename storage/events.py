@@ -3,6 +3,7 @@
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, TypedDict
 
 import orjson
@@ -27,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage import windows
 from storage.cursors import InvalidCursor, decode_event_cursor, encode_event_cursor
 from storage.domain import EventFilter, EventStatus, NewEvent, Order
-from storage.driver import Reader
+from storage.driver import Reader, execute_many
 from storage.models import UTCDateTime, containers, events, late_events, utcnow
 from storage.sql import least_and_greatest
 
@@ -323,6 +324,7 @@ async def list_events(
     return EventPage(rows=rows, next_cursor=next_cursor)
 
 
+@cache
 def _upsert_containers(dialect: str) -> Executable:
     """Register containers, or move their last_event_at forward; one parameter set each."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -334,6 +336,25 @@ def _upsert_containers(dialect: str) -> Executable:
             "last_event_at": latest(containers.c.last_event_at, statement.excluded.last_event_at)
         },
     )
+
+
+_INSERT_EVENTS = events.insert()
+
+
+async def _insert_events(
+    session: AsyncSession, dialect: str, values: list[dict[str, Any]]
+) -> list[int]:
+    """Insert event rows; their new ids, in the rows' order."""
+    if dialect == "sqlite":
+        # The writer holds SQLite's one write lock, and the table's ids come from
+        # AUTOINCREMENT: the rows of one statement take consecutive ids, the last one known.
+        last = await execute_many(session, _INSERT_EVENTS, values, last_rowid=True)
+        assert last is not None
+        return list(range(last - len(values) + 1, last + 1))
+    result = await session.execute(
+        events.insert().returning(events.c.id, sort_by_parameter_order=True), values
+    )
+    return list(result.scalars())
 
 
 async def log_events(
@@ -363,7 +384,8 @@ async def store_events(
     received_at = utcnow()
     # In key order, as the zones and counts are: two transactions that share containers lock
     # them in the same order, so they cannot deadlock on them (PostgreSQL).
-    await session.execute(
+    await execute_many(
+        session,
         _upsert_containers(dialect),
         [
             {"org_id": org_id, "id": container_id, "created_at": received_at, "last_event_at": at}
@@ -383,17 +405,7 @@ async def store_events(
         }
         for container_id, new_event in items
     ]
-    # SQLAlchemy knows no SQLite INSERT form that ties new rowids to the order of parameter
-    # sets, so asked to return ids in that order it inserts one statement per event (about
-    # 4k events/s). A multi-row INSERT gives its rows ascending ids in VALUES order, and the
-    # statements of one batch run in order, so SQLite's ids are sorted instead.
-    in_order = dialect != "sqlite"
-    result = await session.execute(
-        events.insert().returning(events.c.id, sort_by_parameter_order=in_order), values
-    )
-    ids = list(result.scalars())
-    if not in_order:
-        ids.sort()
+    ids = await _insert_events(session, dialect, values)
     # The records are what was just written (times in UTC, as stored), not read back.
     rows = [
         event_record({"id": event_id, **value}) for event_id, value in zip(ids, values, strict=True)

@@ -19,6 +19,7 @@ Both are written in the transaction that stores the events, so no page can miss 
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -33,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage.driver import execute_many
 from storage.models import UTCDateTime, event_zones, events, late_events
 from storage.sql import least_and_greatest
 
@@ -126,15 +128,19 @@ async def record_windows(
             bounds = zones.setdefault((span, zone_start(timestamp, span)), [event_id, event_id])
             bounds[0], bounds[1] = min(bounds[0], event_id), max(bounds[1], event_id)
     if late:
-        await session.execute(late_events.insert(), late)
+        await execute_many(session, _INSERT_LATE, late)
     if zones:
         rows = [
             {"org_id": org_id, "span_seconds": span, "start": start, "min_id": lo, "max_id": hi}
             for (span, start), (lo, hi) in sorted(zones.items())
         ]
-        await session.execute(_widen_zones(session.get_bind().dialect.name), rows)
+        await execute_many(session, _widen_zones(session.get_bind().dialect.name), rows)
 
 
+_INSERT_LATE = late_events.insert()
+
+
+@cache
 def _widen_zones(dialect: str) -> Any:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(event_zones)
