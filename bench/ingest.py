@@ -36,7 +36,11 @@ from storage.orgs import create_org
 ORG_ID = "ingest"
 CONTAINERS = 200
 # (event type, status, weight): mostly successful accesses, about 10% failures.
-MIX = (("ACCESS", "SUCCESS", 75), ("ACCESS", "FAILURE", 8), ("BLOCK", "SUCCESS", 5))
+MIX: tuple[tuple[str, str, int], ...] = (
+    ("ACCESS", "SUCCESS", 75),
+    ("ACCESS", "FAILURE", 8),
+    ("BLOCK", "SUCCESS", 5),
+)
 MIX += (("CREATE", "SUCCESS", 5), ("EXPIRE", "SUCCESS", 4), ("DELETE", "FAILURE", 3))
 
 
@@ -45,7 +49,7 @@ def make_events(count: int, seed: int = 1) -> list[dict[str, object]]:
     rng = random.Random(seed)
     kinds = [(kind, status) for kind, status, weight in MIX for _ in range(weight)]
     start = datetime.now(UTC) - timedelta(seconds=count)
-    made = []
+    made: list[dict[str, object]] = []
     for index in range(count):
         kind, status = rng.choice(kinds)
         made.append(
@@ -61,12 +65,13 @@ def make_events(count: int, seed: int = 1) -> list[dict[str, object]]:
     return made
 
 
-async def _create(path: Path) -> str:
+async def create_database(path: Path, org_id: str = ORG_ID) -> str:
+    """A new database file with the gateway's schema and one org; the org's API key."""
     database = Database(f"sqlite:///{path}")
     try:
         await database.create_schema()
         async with database.session() as session:
-            _row, key = await create_org(session, org_id=ORG_ID)
+            _row, key = await create_org(session, org_id=org_id)
         return key
     finally:
         await database.dispose()
@@ -92,7 +97,7 @@ def _gateway(path: Path, key: str, batches: Sequence[bytes]) -> tuple[float, lis
 def _raw_rows(batch: Sequence[dict[str, object]]) -> list[tuple[object, ...]]:
     """The rows the gateway would store, in SQLite's text formats."""
     received = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for item in batch:
         stamp = datetime.fromisoformat(str(item["timestamp"])).astimezone(UTC)
         rows.append(
@@ -150,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     with tempfile.TemporaryDirectory() as scratch:
         gateway_db, raw_db = Path(scratch) / "gateway.db", Path(scratch) / "raw.db"
-        key = asyncio.run(_create(gateway_db))
+        key = asyncio.run(create_database(gateway_db))
         gateway_seconds, latencies = _gateway(gateway_db, key, bodies)
         with sqlite3.connect(gateway_db) as check:
             stored = check.execute("SELECT count(*) FROM events").fetchone()[0]

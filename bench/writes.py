@@ -36,8 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.http import Target, _milliseconds, cpu_seconds, serving
-from storage.database import Database
-from storage.orgs import create_org
+from bench.ingest import create_database
 
 ORG_ID = "writes"
 CONTAINERS = 50
@@ -187,18 +186,6 @@ def _median(runs: Sequence[Run]) -> Run:
     )
 
 
-async def _create(path: Path) -> str:
-    """A new database file with the gateway's schema and one org; the org's API key."""
-    database = Database(f"sqlite:///{path}")
-    try:
-        await database.create_schema()
-        async with database.session() as session:
-            _row, key = await create_org(session, org_id=ORG_ID)
-        return key
-    finally:
-        await database.dispose()
-
-
 def _stored(path: Path) -> int:
     with sqlite3.connect(path) as connection:
         return int(connection.execute("SELECT count(*) FROM events").fetchone()[0])
@@ -213,7 +200,7 @@ def _subjects(scratch: Path) -> tuple[list[Subject], dict[str, str]]:
         directory = scratch / ("group-commit" if group_commit == "1" else "one-tx")
         directory.mkdir()
         database = directory / "events.db"
-        keys[name] = asyncio.run(_create(database))
+        keys[name] = asyncio.run(create_database(database, ORG_ID))
         env = {
             "EVENTS_GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
             "EVENTS_GATEWAY_GROUP_COMMIT": group_commit,
