@@ -52,7 +52,10 @@ IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
 }
 IDEMPOTENCY_ERRORS = {
-    "409": _problem("A request with this Idempotency-Key is still being processed."),
+    "409": {
+        **_problem("A request with this Idempotency-Key is still being processed."),
+        "headers": {"Retry-After": {"schema": {"type": "string"}}},
+    },
     "422": _problem("This Idempotency-Key was already used for a different request."),
 }
 REPLAYED = {

@@ -212,6 +212,7 @@ async def _log(
             409,
             f"A request with this {IDEMPOTENCY_HEADER} is still being processed; "
             "retry once it is answered.",
+            headers={"Retry-After": "1"},
         ) from None
     return logged.rows, {REPLAYED_HEADER: "true"} if logged.replayed else {}
 

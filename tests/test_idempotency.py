@@ -92,6 +92,7 @@ async def test_a_retry_while_the_first_is_in_flight_is_a_conflict(client, db, ac
     assert sorted(answer.status_code for answer in answers) == [200, 409]
     [conflict] = [answer for answer in answers if answer.status_code == 409]
     assert "still being processed" in assert_problem(conflict, 409)["detail"]
+    assert conflict.headers["retry-after"] == "1"
     # Once the first is answered, the retry replays it.
     [done] = [answer for answer in answers if answer.status_code == 200]
     retry = await client.post(SINGLE, json=EVENT, headers=keyed(acme_key, "racing"))
