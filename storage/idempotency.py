@@ -58,9 +58,18 @@ def idempotency(
         return None
     if not _KEY.fullmatch(key):
         raise InvalidIdempotencyKey(KEY_RULE)
-    asked = [kind, [[container_id, event.model_dump(mode="json")] for container_id, event in items]]
+    asked = [kind, [[container_id, _asked(event)] for container_id, event in items]]
     digest = hashlib.sha256(orjson.dumps(asked, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return Idempotency(key, digest)
+
+
+def _asked(event: NewEvent) -> dict[str, object]:
+    """The event as asked: a timestamp the server filled in (now) differs on every retry, so
+    it is left out unless the client gave one."""
+    fields = event.model_dump(mode="json")
+    if "timestamp" not in event.model_fields_set:
+        del fields["timestamp"]
+    return fields
 
 
 async def stored_answer(

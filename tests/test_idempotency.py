@@ -46,6 +46,21 @@ async def test_a_retried_post_returns_the_first_answer_and_stores_nothing(client
     assert await count_events(db) == 1
 
 
+async def test_a_retry_of_an_event_stamped_by_the_server_is_the_same_request(client, db, acme_key):
+    # No timestamp: the server stamps the event with the time it arrives, differently each
+    # time; the retry still asks for the same thing.
+    unstamped = {"event_type": "ACCESS", "actor": "agent-7"}
+    first = await client.post(SINGLE, json=unstamped, headers=keyed(acme_key, "unstamped"))
+    retry = await client.post(SINGLE, json=unstamped, headers=keyed(acme_key, "unstamped"))
+    assert retry.status_code == 200, retry.text
+    assert retry.json() == first.json()
+    assert retry.headers["idempotent-replayed"] == "true"
+    stamped = {**unstamped, "timestamp": first.json()["event"]["timestamp"]}
+    other = await client.post(SINGLE, json=stamped, headers=keyed(acme_key, "unstamped"))
+    assert_problem(other, 422)
+    assert await count_events(db) == 1
+
+
 async def test_a_key_reused_for_another_request_is_refused_and_stores_nothing(client, db, acme_key):
     await client.post(SINGLE, json=EVENT, headers=keyed(acme_key, "k"))
 
