@@ -48,6 +48,23 @@ class CompiledQuery:
             ordered.append(value if binder is None or value is None else binder(value))
         return ordered
 
+    def rows_parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+        """`parameters` of many rows that each hold a value for every parameter (a write)."""
+        conversions = [
+            (index, binder)
+            for index, name in enumerate(self.names)
+            if (binder := self.binders.get(name)) is not None
+        ]
+        names = self.names
+        converted = []
+        for row in rows:
+            values = [row[name] for name in names]
+            for index, binder in conversions:
+                if values[index] is not None:
+                    values[index] = binder(values[index])
+            converted.append(values)
+        return converted
+
     def decode(self, rows: Sequence[Any]) -> list[tuple[Any, ...]]:
         if not self.decoders:
             return [tuple(row) for row in rows]
@@ -233,7 +250,7 @@ async def execute_many(
     connection = await (await session.connection()).get_raw_connection()
     driver = cast(aiosqlite.Connection, connection.driver_connection)
     try:
-        await driver.executemany(compiled.sql, [compiled.parameters(row) for row in rows])
+        await driver.executemany(compiled.sql, compiled.rows_parameters(rows))
         if not last_rowid:
             return None
         async with driver.execute("SELECT last_insert_rowid()") as cursor:

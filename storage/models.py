@@ -37,12 +37,26 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
+    def bind_processor(self, dialect: Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name == "sqlite":
+            # Every stored event binds two times: formatting the UTC text in one step costs a
+            # third of the generic chain (zone conversion, then SQLAlchemy's DATETIME format).
+            return _sqlite_utc_text
+        return super().bind_processor(dialect)
+
     def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], Any] | None:
         if dialect.name == "sqlite":
             # Every page decodes two times per row: parsing SQLite's UTC text with its offset
             # in one step costs a fifth of parsing it naive and then attaching the zone.
             return _sqlite_utc
         return super().result_processor(dialect, coltype)
+
+
+def _sqlite_utc_text(value: datetime | None) -> str | None:
+    """SQLAlchemy's SQLite DATETIME text of the time in UTC: 2023-11-18 12:00:00.000000."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
 
 
 def _sqlite_utc(value: str | None) -> datetime | None:

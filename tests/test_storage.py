@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import DateTime, select
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 
 from storage.database import Database, normalize_url
@@ -14,7 +15,7 @@ from storage.domain import EventFilter, Order
 from storage.driver import Reader
 from storage.events import Page, Window, list_events, log_events
 from storage.keys import create_key, hash_key, org_for_key, revoke_key
-from storage.models import Event, api_keys
+from storage.models import Event, UTCDateTime, api_keys
 from storage.orgs import get_container
 from tests.factories import count_events, make_events, make_org, new_event
 
@@ -87,6 +88,27 @@ async def test_pages_decode_events_exactly_as_sqlalchemy_does(db: Database) -> N
         {"ip": "10.0.0.1", "nested": {"ü": [1, 2.5, None, True]}},
     ]
     assert all(row["timestamp"].tzinfo is UTC for row in found.rows)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2023, 11, 18, 12, 0, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2023, 11, 18, 12, 0, 0, 1, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(1, 1, 1, 0, 0, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ],
+)
+def test_sqlite_stores_times_as_sqlalchemys_datetime_text_in_utc(moment: datetime) -> None:
+    # SQLite compares the stored text: UTCDateTime's own binder must write exactly what
+    # SQLAlchemy's DATETIME would for the same time in UTC.
+    dialect = sqlite.dialect()
+    fast = UTCDateTime().bind_processor(dialect)
+    generic = DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert fast is not None and generic is not None
+    assert fast(moment) == generic(moment.astimezone(UTC).replace(tzinfo=None))
+    assert fast(None) is None
 
 
 async def test_container_is_registered_once_and_keeps_its_latest_event_time(db: Database) -> None:
