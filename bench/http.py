@@ -172,6 +172,47 @@ def _milliseconds(text: str) -> float:
     raise ValueError(f"unknown latency {text!r}")
 
 
+@dataclass(frozen=True)
+class WrkReport:
+    """What one wrk run printed (run with --latency)."""
+
+    requests: int  # answers received, whatever their status
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int  # wrk's "Non-2xx or 3xx responses" (in fact status >= 400)
+    socket_errors: dict[str, int]  # connect, read, write, timeout
+    first_error: str | None  # a script's "FIRST-ERROR ..." line, if it printed one
+
+
+def read_wrk(output: str) -> WrkReport:
+    requests = rate = p50 = p99 = None
+    non_2xx = 0
+    socket_errors: dict[str, int] = {}
+    first_error = None
+    for line in output.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            rate = float(parts[1])
+        elif parts[:1] == ["50%"]:
+            p50 = _milliseconds(parts[1])
+        elif parts[:1] == ["99%"]:
+            p99 = _milliseconds(parts[1])
+        elif parts[1:3] == ["requests", "in"]:
+            requests = int(parts[0])
+        elif "Non-2xx or 3xx responses:" in line:
+            non_2xx = int(parts[-1])
+        elif line.strip().startswith("Socket errors:"):
+            for item in line.split(":", 1)[1].split(","):
+                name, count = item.split()
+                socket_errors[name] = int(count)
+        elif line.startswith("FIRST-ERROR ") and first_error is None:
+            first_error = line.removeprefix("FIRST-ERROR ")
+    if requests is None or rate is None or p50 is None or p99 is None:
+        raise RuntimeError("could not read wrk's output:\n" + output)
+    return WrkReport(requests, rate, p50, p99, non_2xx, socket_errors, first_error)
+
+
 def measure(url: str, script: Path, *, pid: int, seconds: int, connections: int) -> Result:
     subprocess.run(  # warm-up: caches, connections, the first compile of each statement
         ["wrk", "-t1", f"-c{connections}", "-d2s", "-s", str(script), url],
@@ -186,21 +227,9 @@ def measure(url: str, script: Path, *, pid: int, seconds: int, connections: int)
         text=True,
     ).stdout
     cpu = cpu_seconds(pid) - cpu_before
-    rate = p50 = p99 = None
-    errors = 0
-    for line in output.splitlines():
-        parts = line.split()
-        if line.startswith("Requests/sec:"):
-            rate = float(parts[1])
-        elif parts[:1] == ["50%"]:
-            p50 = _milliseconds(parts[1])
-        elif parts[:1] == ["99%"]:
-            p99 = _milliseconds(parts[1])
-        elif "Non-2xx or 3xx responses:" in line:
-            errors = int(parts[-1])
-    if rate is None or p50 is None or p99 is None:
-        raise RuntimeError("could not read wrk's output:\n" + output)
-    return Result(rate, p50, p99, errors, cpu * 1000 / (rate * seconds))
+    report = read_wrk(output)
+    rate = report.requests_per_second
+    return Result(rate, report.p50_ms, report.p99_ms, report.non_2xx, cpu * 1000 / (rate * seconds))
 
 
 def _median(results: Sequence[Result]) -> Result:

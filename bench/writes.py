@@ -35,7 +35,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.http import Target, _milliseconds, cpu_seconds, serving
+from bench.http import Target, cpu_seconds, read_wrk, serving
 from bench.ingest import create_database
 
 ORG_ID = "writes"
@@ -141,32 +141,18 @@ def _wrk(url: str, script: Path | None, *, pid: int, seconds: int, connections: 
     cpu_before = cpu_seconds(pid)
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     cpu = cpu_seconds(pid) - cpu_before
-    requests = rate = p50 = p99 = None
-    non_2xx = 0
-    socket_errors: dict[str, int] = {}
-    first_error = None
-    for line in output.splitlines():
-        parts = line.split()
-        if line.startswith("Requests/sec:"):
-            rate = float(parts[1])
-        elif parts[:1] == ["50%"]:
-            p50 = _milliseconds(parts[1])
-        elif parts[:1] == ["99%"]:
-            p99 = _milliseconds(parts[1])
-        elif parts[1:3] == ["requests", "in"]:
-            requests = int(parts[0])
-        elif "Non-2xx or 3xx responses:" in line:
-            non_2xx = int(parts[-1])
-        elif line.strip().startswith("Socket errors:"):
-            for item in line.split(":", 1)[1].split(","):
-                name, count = item.split()
-                socket_errors[name] = int(count)
-        elif line.startswith("FIRST-ERROR ") and first_error is None:
-            first_error = line.removeprefix("FIRST-ERROR ")
-    if requests is None or rate is None or p50 is None or p99 is None:
-        raise RuntimeError("could not read wrk's output:\n" + output)
-    cpu_ms = cpu * 1000 / requests if requests else float("nan")
-    return Run(requests, non_2xx, socket_errors, rate, p50, p99, cpu_ms, first_error)
+    report = read_wrk(output)
+    cpu_ms = cpu * 1000 / report.requests if report.requests else float("nan")
+    return Run(
+        report.requests,
+        report.non_2xx,
+        report.socket_errors,
+        report.requests_per_second,
+        report.p50_ms,
+        report.p99_ms,
+        cpu_ms,
+        report.first_error,
+    )
 
 
 def _median(runs: Sequence[Run]) -> Run:
