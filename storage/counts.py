@@ -178,10 +178,19 @@ async def record_counts(
     session: AsyncSession, *, org_id: str, stored: Iterable[EventRecord]
 ) -> None:
     """Add newly stored events to the roll-ups; runs in the transaction that stores them."""
-    fine = Counter(
-        (org_id, hour_of(row["timestamp"]), row["container_id"], row["event_type"], row["status"])
-        for row in stored
-    )
+    fine: Counter[FineKey] = Counter()
+    # A batch's events mostly share an hour or two: the hour is worked out once per run of
+    # events in it, not once per event.
+    hour, hour_since, hour_until = 0, EPOCH, EPOCH
+    for row in stored:
+        timestamp = row["timestamp"]
+        if not hour_since <= timestamp < hour_until:
+            hour = hour_of(timestamp)
+            hour_since, hour_until = _hour_start(hour), _hour_start(hour + 1)
+            assert hour_since is not None
+            if hour_until is None:  # the calendar's last hour
+                hour_until = datetime.max.replace(tzinfo=UTC)
+        fine[org_id, hour, row["container_id"], row["event_type"], row["status"]] += 1
     dialect = session.get_bind().dialect.name
     # Tables in one order, rows in key order: two transactions cannot deadlock on them.
     for table, increments in roll_up(fine).items():

@@ -56,12 +56,22 @@ class CompiledQuery:
             if (binder := self.binders.get(name)) is not None
         ]
         names = self.names
+        # Rows written together often share a value (the time they were received): a value
+        # that is the very object of the row before is converted once.
+        last: dict[int, tuple[Any, Any]] = {}
         converted = []
         for row in rows:
             values = [row[name] for name in names]
             for index, binder in conversions:
-                if values[index] is not None:
-                    values[index] = binder(values[index])
+                value = values[index]
+                if value is None:
+                    continue
+                seen = last.get(index)
+                if seen is not None and seen[0] is value:
+                    values[index] = seen[1]
+                else:
+                    values[index] = binder(value)
+                    last[index] = (value, values[index])
             converted.append(values)
         return converted
 

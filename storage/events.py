@@ -396,9 +396,10 @@ async def store_events(
         {
             "org_id": org_id,
             "container_id": container_id,
-            "event_type": new_event.event_type.value,
-            "status": new_event.status.value,
-            "timestamp": new_event.timestamp.astimezone(UTC),
+            # An enum member's _value_ is its plain text; .value goes through a descriptor.
+            "event_type": new_event.event_type._value_,
+            "status": new_event.status._value_,
+            "timestamp": new_event.timestamp,  # in UTC: NewEvent converts it
             "received_at": received_at,
             "actor": new_event.actor,
             "details": new_event.details,
@@ -407,8 +408,9 @@ async def store_events(
     ]
     ids = await _insert_events(session, dialect, values)
     # The records are what was just written (times in UTC, as stored), not read back.
-    rows = [
-        event_record({"id": event_id, **value}) for event_id, value in zip(ids, values, strict=True)
+    rows: list[EventRecord] = [
+        {"id": event_id, **value}  # type: ignore[typeddict-item]
+        for event_id, value in zip(ids, values, strict=True)
     ]
     await windows.record_windows(session, org_id=org_id, stored=rows)
     from storage.counts import record_counts  # here: storage.counts imports this module

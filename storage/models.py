@@ -56,7 +56,9 @@ def _sqlite_utc_text(value: datetime | None) -> str | None:
     """SQLAlchemy's SQLite DATETIME text of the time in UTC: 2023-11-18 12:00:00.000000."""
     if value is None:
         return None
-    return value.astimezone(UTC).isoformat(" ", "microseconds")[:26]
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 def _sqlite_utc(value: str | None) -> datetime | None:

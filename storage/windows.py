@@ -117,16 +117,30 @@ async def record_windows(
     Runs in the storing transaction. Zones are written in key order, so two transactions
     widening the same zones cannot deadlock.
     """
-    zones: dict[tuple[int, datetime], list[int]] = {}
+    minutes: dict[datetime, list[int]] = {}  # minute start: [lowest id, highest id]
     late: list[dict[str, Any]] = []
+    # A batch's events mostly share a few minutes: the minute is worked out once per run of
+    # events in it, not once per event.
+    minute = minute_end = _EARLIEST
+    bounds: list[int] = []
     for row in stored:
         event_id, timestamp = row["id"], row["timestamp"]
         if is_late(timestamp, row["received_at"]):
             late.append({column: row[column] for column in LATE_COLUMNS})
             continue
-        for span in (MINUTE, HOUR):
-            bounds = zones.setdefault((span, zone_start(timestamp, span)), [event_id, event_id])
-            bounds[0], bounds[1] = min(bounds[0], event_id), max(bounds[1], event_id)
+        if not minute <= timestamp < minute_end:
+            minute = zone_start(timestamp, MINUTE)
+            minute_end = minute + timedelta(minutes=1)
+            bounds = minutes.setdefault(minute, [event_id, event_id])
+        if event_id < bounds[0]:
+            bounds[0] = event_id
+        elif event_id > bounds[1]:
+            bounds[1] = event_id
+    zones = {(MINUTE, start): (lo, hi) for start, (lo, hi) in minutes.items()}
+    for start, (lo, hi) in minutes.items():
+        hour = (HOUR, zone_start(start, HOUR))
+        known = zones.get(hour)
+        zones[hour] = (lo, hi) if known is None else (min(known[0], lo), max(known[1], hi))
     if late:
         await execute_many(session, _INSERT_LATE, late)
     if zones:
