@@ -6,7 +6,7 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ : -"
@@ -20,7 +20,18 @@ MAX_DETAILS_BYTES = 16 * 1024
 MAX_BATCH_EVENTS = 10_000
 
 
-class EventType(StrEnum):
+class CaseInsensitiveEnum(StrEnum):
+    """An enum whose members are also found by their names in any case ("access")."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> "CaseInsensitiveEnum | None":
+        # Only reached when the exact value is not a member: pydantic validates the usual
+        # upper-case names without calling back into Python.
+        found = enum_name(value)
+        return cls.__members__.get(found) if isinstance(found, str) else None
+
+
+class EventType(CaseInsensitiveEnum):
     ACCESS = "ACCESS"
     BLOCK = "BLOCK"
     CREATE = "CREATE"
@@ -29,7 +40,7 @@ class EventType(StrEnum):
     DELETE = "DELETE"
 
 
-class EventStatus(StrEnum):
+class EventStatus(CaseInsensitiveEnum):
     SUCCESS = "SUCCESS"
     FAILURE = "FAILURE"
 
@@ -94,11 +105,6 @@ class NewEvent(BaseModel):
     actor: str | None = Field(default=None, max_length=MAX_ACTOR_LENGTH)
     details: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("event_type", "status", mode="before")
-    @classmethod
-    def _enum_without_case(cls, value: object) -> object:
-        return enum_name(value)
-
     @field_validator("timestamp", mode="before")
     @classmethod
     def _aware_timestamp(cls, value: object) -> datetime:
@@ -154,6 +160,24 @@ class InvalidBatch(ValueError):
         self.errors = errors
 
 
+class BatchEvent(NewEvent):
+    """An item of a batch: an event and the container it happened to."""
+
+    container_id: str = Field(pattern=rf"\A{ID_PATTERN.pattern}\z")
+
+
+# The whole batch in one call into pydantic's core: no Python loop over the items.
+_BATCH = TypeAdapter(list[BatchEvent])
+
+
+def _batch_message(problem: dict[str, str], kind: str) -> str:
+    if problem["field"] == "container_id":
+        return "is required" if kind == "missing" else ID_RULE
+    if kind in ("model_type", "model_attributes_type"):
+        return "must be a JSON object"
+    return problem["message"]
+
+
 def parse_batch(items: object) -> list[tuple[str, NewEvent]]:
     """(container_id, event) pairs from a batch of event objects that each name a container_id.
 
@@ -165,27 +189,18 @@ def parse_batch(items: object) -> list[tuple[str, NewEvent]]:
     if not 1 <= len(items) <= MAX_BATCH_EVENTS:
         message = f"must hold 1 to {MAX_BATCH_EVENTS} events, not {len(items)}"
         raise InvalidBatch([{"field": "body", "message": message}])
-    parsed: list[tuple[str, NewEvent]] = []
-    errors: list[dict[str, str]] = []
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            errors.append({"field": f"[{index}]", "message": "must be a JSON object"})
-            continue
-        fields = dict(item)
-        container_id = fields.pop("container_id", None)
-        if not is_valid_id(container_id):
-            message = "is required" if container_id is None else ID_RULE
-            errors.append({"field": f"[{index}].container_id", "message": message})
-        try:
-            new_event = NewEvent.model_validate(fields)
-        except ValidationError as error:
-            errors += [
-                {"field": f"[{index}].{problem['field']}", "message": problem["message"]}
-                for problem in validation_errors(error)
-            ]
-            continue
-        if isinstance(container_id, str):
-            parsed.append((container_id, new_event))
-    if errors:
-        raise InvalidBatch(errors)
-    return parsed
+    try:
+        parsed = _BATCH.validate_python(items)
+    except ValidationError as error:
+        errors = []
+        for problem, detail in zip(validation_errors(error), error.errors(), strict=True):
+            index, *within = detail["loc"]
+            field = ".".join(str(part) for part in within)
+            errors.append(
+                {
+                    "field": f"[{index}].{field}" if field else f"[{index}]",
+                    "message": _batch_message({**problem, "field": field}, detail["type"]),
+                }
+            )
+        raise InvalidBatch(errors) from None
+    return [(event.container_id, event) for event in parsed]

@@ -66,7 +66,8 @@ def idempotency(
 def _asked(event: NewEvent) -> dict[str, object]:
     """The event as asked: a timestamp the server filled in (now) differs on every retry, so
     it is left out unless the client gave one."""
-    fields = event.model_dump(mode="json")
+    # The event's own fields: a batch's items also carry their container_id.
+    fields = event.model_dump(mode="json", include=set(NewEvent.model_fields))
     if "timestamp" not in event.model_fields_set:
         del fields["timestamp"]
     return fields
