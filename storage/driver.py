@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, cast
 
 import aiosqlite
@@ -55,13 +56,13 @@ class CompiledQuery:
             for index, name in enumerate(self.names)
             if (binder := self.binders.get(name)) is not None
         ]
-        names = self.names
+        picked = _picker(self.names)
         # Rows written together often share a value (the time they were received): a value
         # that is the very object of the row before is converted once.
         last: dict[int, tuple[Any, Any]] = {}
         converted = []
         for row in rows:
-            values = [row[name] for name in names]
+            values = list(picked(row))
             for index, binder in conversions:
                 value = values[index]
                 if value is None:
@@ -85,6 +86,14 @@ class CompiledQuery:
                 values[index] = decoder(values[index])
             decoded.append(tuple(values))
         return decoded
+
+
+def _picker(names: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A function that takes a row's values of `names`, in order, as a tuple."""
+    if len(names) == 1:
+        [name] = names
+        return lambda row: (row[name],)
+    return itemgetter(*names)
 
 
 def compile_query(
@@ -240,18 +249,23 @@ async def execute_many(
     statement: Executable,
     rows: Sequence[Mapping[str, Any]],
     *,
+    columns: tuple[str, ...] | None = None,
     last_rowid: bool = False,
 ) -> int | None:
-    """Run an INSERT (or upsert) once per row, in the session's transaction; every row has the
-    same keys. On SQLite the statement (which must be built once, not per call) is compiled
-    once and run on the driver's connection; asked for `last_rowid`, the answer is the rowid
-    of the last row inserted. On PostgreSQL it runs through the session and answers None.
+    """Run an INSERT (or upsert) once per row, in the session's transaction: of each row's
+    `columns`, by default every key of the first row (all rows have them). On SQLite the
+    statement (which must be built once, not per call) is compiled once and run on the
+    driver's connection; asked for `last_rowid`, the answer is the rowid of the last row
+    inserted. On PostgreSQL it runs through the session and answers None.
     """
     bind = session.get_bind()
+    keys = tuple(rows[0]) if columns is None and rows else columns
     if bind.dialect.name != "sqlite" or not rows:
+        if rows and columns is not None:
+            rows = [{column: row[column] for column in columns} for row in rows]
         await session.execute(statement, list(rows))
         return None
-    keys = tuple(rows[0])
+    assert keys is not None
     compiled = _written.get((statement, keys))
     if compiled is None:
         compiled = _written[statement, keys] = compile_query(

@@ -339,20 +339,24 @@ def _upsert_containers(dialect: str) -> Executable:
 
 
 _INSERT_EVENTS = events.insert()
+_WRITTEN_COLUMNS = EVENT_COLUMNS[1:]  # all but the id, which the database assigns
 
 
 async def _insert_events(
-    session: AsyncSession, dialect: str, values: list[dict[str, Any]]
+    session: AsyncSession, dialect: str, rows: Sequence[EventRecord]
 ) -> list[int]:
-    """Insert event rows; their new ids, in the rows' order."""
+    """Insert event rows (their ids left out); their new ids, in the rows' order."""
     if dialect == "sqlite":
         # The writer holds SQLite's one write lock, and the table's ids come from
         # AUTOINCREMENT: the rows of one statement take consecutive ids, the last one known.
-        last = await execute_many(session, _INSERT_EVENTS, values, last_rowid=True)
+        last = await execute_many(
+            session, _INSERT_EVENTS, rows, columns=_WRITTEN_COLUMNS, last_rowid=True
+        )
         assert last is not None
-        return list(range(last - len(values) + 1, last + 1))
+        return list(range(last - len(rows) + 1, last + 1))
     result = await session.execute(
-        events.insert().returning(events.c.id, sort_by_parameter_order=True), values
+        events.insert().returning(events.c.id, sort_by_parameter_order=True),
+        [{column: row[column] for column in _WRITTEN_COLUMNS} for row in rows],
     )
     return list(result.scalars())
 
@@ -392,8 +396,9 @@ async def store_events(
             for container_id, at in sorted(latest.items())
         ],
     )
-    values = [
+    rows: list[EventRecord] = [
         {
+            "id": 0,  # known once inserted
             "org_id": org_id,
             "container_id": container_id,
             # An enum member's _value_ is its plain text; .value goes through a descriptor.
@@ -406,12 +411,10 @@ async def store_events(
         }
         for container_id, new_event in items
     ]
-    ids = await _insert_events(session, dialect, values)
-    # The records are what was just written (times in UTC, as stored), not read back.
-    rows: list[EventRecord] = [
-        {"id": event_id, **value}  # type: ignore[typeddict-item]
-        for event_id, value in zip(ids, values, strict=True)
-    ]
+    # The records are what is written (times in UTC, as stored), not read back.
+    ids = await _insert_events(session, dialect, rows)
+    for row, event_id in zip(rows, ids, strict=True):
+        row["id"] = event_id
     await windows.record_windows(session, org_id=org_id, stored=rows)
     from storage.counts import record_counts  # here: storage.counts imports this module
 
