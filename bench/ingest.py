@@ -44,11 +44,15 @@ MIX: tuple[tuple[str, str, int], ...] = (
 MIX += (("CREATE", "SUCCESS", 5), ("EXPIRE", "SUCCESS", 4), ("DELETE", "FAILURE", 3))
 
 
-def make_events(count: int, seed: int = 1) -> list[dict[str, object]]:
-    """Events as a client sends them, one second apart, ending now."""
+def make_events(count: int, seed: int = 1, *, backfill: bool = False) -> list[dict[str, object]]:
+    """Events as a client sends them: stamped over the next minute, as agents report what just
+    happened (the gateway receives them within storage.windows.LATE_AFTER of their time, if the
+    run takes less than that); with `backfill`, one second apart ending now, as an import of
+    past history (almost all of them late events, each also listed in late_events)."""
     rng = random.Random(seed)
     kinds = [(kind, status) for kind, status, weight in MIX for _ in range(weight)]
-    start = datetime.now(UTC) - timedelta(seconds=count)
+    now = datetime.now(UTC)
+    start, step = (now - timedelta(seconds=count), 1.0) if backfill else (now, 60 / count)
     made: list[dict[str, object]] = []
     for index in range(count):
         kind, status = rng.choice(kinds)
@@ -57,7 +61,7 @@ def make_events(count: int, seed: int = 1) -> list[dict[str, object]]:
                 "container_id": f"vault-{int(rng.paretovariate(1.2)) % CONTAINERS:03d}",
                 "event_type": kind,
                 "status": status,
-                "timestamp": (start + timedelta(seconds=index)).isoformat(),
+                "timestamp": (start + timedelta(seconds=index * step)).isoformat(),
                 "actor": f"user-{rng.randrange(300)}@example.com",
                 "details": {"ip": f"10.0.{rng.randrange(256)}.{rng.randrange(1, 255)}"},
             }
@@ -143,14 +147,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=10_000, help="events per POST (<= 10,000)")
+    parser.add_argument(
+        "--backfill",
+        action="store_true",
+        help="stamp the events one second apart ending now (an import of history) instead of "
+        "over the coming minute (live agents)",
+    )
     args = parser.parse_args(argv)
-    made = make_events(args.events)
+    made = make_events(args.events, backfill=args.backfill)
     chunks = [made[start : start + args.batch] for start in range(0, len(made), args.batch)]
     bodies = [json.dumps(chunk).encode() for chunk in chunks]
     raw_batches = [_raw_rows(chunk) for chunk in chunks]
     print(
         f"{args.events:,} events in {len(chunks)} batches of {args.batch:,} "
-        f"({sum(map(len, bodies)) / len(bodies) / 2**20:.2f} MiB of JSON each)",
+        f"({sum(map(len, bodies)) / len(bodies) / 2**20:.2f} MiB of JSON each), stamped "
+        + ("one second apart ending now (backfill)" if args.backfill else "over the next minute"),
         file=sys.stderr,
     )
     with tempfile.TemporaryDirectory() as scratch:
