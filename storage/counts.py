@@ -186,10 +186,9 @@ async def record_counts(
         timestamp = row["timestamp"]
         if not hour_since <= timestamp < hour_until:
             hour = hour_of(timestamp)
-            hour_since, hour_until = _hour_start(hour), _hour_start(hour + 1)
-            assert hour_since is not None
-            if hour_until is None:  # the calendar's last hour
-                hour_until = datetime.max.replace(tzinfo=UTC)
+            hour_since = EPOCH + hour * HOUR
+            # The calendar's last hour has no next one to end at.
+            hour_until = _hour_start(hour + 1) or datetime.max.replace(tzinfo=UTC)
         fine[org_id, hour, row["container_id"], row["event_type"], row["status"]] += 1
     dialect = session.get_bind().dialect.name
     # Tables in one order, rows in key order: two transactions cannot deadlock on them.

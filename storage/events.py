@@ -2,7 +2,7 @@
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache
 from typing import Any, TypedDict
 
@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     Select,
     bindparam,
+    func,
     literal_column,
     or_,
     select,
@@ -30,6 +31,7 @@ from storage.cursors import InvalidCursor, decode_event_cursor, encode_event_cur
 from storage.domain import EventFilter, EventStatus, NewEvent, Order
 from storage.driver import Reader, execute_many
 from storage.models import UTCDateTime, containers, events, late_events, utcnow
+from storage.notifications import Committed, notify_committed
 from storage.sql import least_and_greatest
 
 MAX_PAGE_SIZE = 1000
@@ -341,6 +343,12 @@ def _upsert_containers(dialect: str) -> Executable:
 _INSERT_EVENTS = events.insert()
 _WRITTEN_COLUMNS = EVENT_COLUMNS[1:]  # all but the id, which the database assigns
 
+# The PostgreSQL advisory lock that every transaction storing events holds from before its
+# first write until its commit: the bytes of "events" in ASCII. Anything else sharing the
+# database must not take advisory lock 0x6576656E7473 (111542261052531) for its own ends.
+EVENT_ORDER_LOCK = 0x6576_656E_7473
+_TAKE_EVENT_ORDER_LOCK = select(func.pg_advisory_xact_lock(EVENT_ORDER_LOCK))
+
 
 async def _insert_events(
     session: AsyncSession, dialect: str, rows: Sequence[EventRecord]
@@ -356,7 +364,7 @@ async def _insert_events(
         return list(range(last - len(rows) + 1, last + 1))
     result = await session.execute(
         events.insert().returning(events.c.id, sort_by_parameter_order=True),
-        [{column: row[column] for column in _WRITTEN_COLUMNS} for row in rows],
+        [{column: value for column, value in row.items() if column != "id"} for row in rows],
     )
     return list(result.scalars())
 
@@ -379,6 +387,19 @@ async def store_events(
     """Write (container_id, event) pairs in the session's transaction, registering new
     containers, without committing; returns the rows in input order."""
     dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        # Readers and pollers take "after id N" to mean nothing at or below N is still to
+        # come. A sequence hands out ids as transactions insert, not as they commit, so two
+        # concurrent writers (processes, or writes outside group commit) could commit id 101
+        # before id 100, and a poller that saw 101 would never see 100. Holding one lock from
+        # before the first write to the commit makes the ids of later transactions larger,
+        # and PostgreSQL releases it only once the commit is visible, so ids become visible
+        # in order. Taken before the container, zone and count upserts below lock any row,
+        # so it cannot join a deadlock with them (the writer's pruning before it locks only
+        # expired idempotency keys, which no holder of the lock writes); taken again in the
+        # same transaction (a group of several orgs), it does not wait. SQLite has one
+        # writer at a time already.
+        await session.execute(_TAKE_EVENT_ORDER_LOCK)
     latest: dict[str, datetime] = {}
     for container_id, new_event in items:
         seen = latest.get(container_id)
@@ -415,6 +436,10 @@ async def store_events(
     ids = await _insert_events(session, dialect, rows)
     for row, event_id in zip(rows, ids, strict=True):
         row["id"] = event_id
+    if dialect == "postgresql" and ids:
+        # Every process learns of these events at the commit (storage.notifications); under
+        # the lock above, no other transaction's ids fall between the first and the last.
+        await notify_committed(session, Committed(org_id, min(ids), max(ids)))
     await windows.record_windows(session, org_id=org_id, stored=rows)
     from storage.counts import record_counts  # here: storage.counts imports this module
 
