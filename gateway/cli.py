@@ -1,21 +1,25 @@
-"""The `events-gateway` command: serve, administer orgs and keys, run a demo."""
+"""The `events-gateway` command: serve, upgrade the schema, administer orgs and keys, run a demo."""
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 import uvicorn
+from alembic.util import CommandError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from gateway.app import create_app
-from gateway.config import Settings
+from gateway.config import DATABASE_URL_VARIABLE, Settings
 from gateway.demo import run_demo
+from storage.broker import POLL_SECONDS
 from storage.database import Database, normalize_url
 from storage.domain import ID_RULE, is_valid_id
 from storage.keys import create_key, list_keys, revoke_key
+from storage.migrate import upgrade_schema
 from storage.orgs import OrganizationExists, create_org, get_org
 
 
@@ -25,7 +29,7 @@ def _fail(message: str) -> NoReturn:
 
 
 async def _with_database(settings: Settings, work: Callable[[Database], Awaitable[None]]) -> None:
-    db = Database(settings.database_url)
+    db = settings.database()
     try:
         await db.create_schema()
         await work(db)
@@ -37,12 +41,42 @@ async def _reachable(_db: Database) -> None:
     """Nothing more to do: connecting and creating the schema is the check."""
 
 
-def serve(settings: Settings, *, host: str, port: int) -> None:
-    """Run REST, GraphQL and GraphiQL on one uvicorn server."""
-    # Reach the database first, so a wrong URL is one line here, not a traceback from the
-    # server's start-up.
-    asyncio.run(_with_database(settings, _reachable))
-    uvicorn.run(create_app(settings), host=host, port=port)
+async def db_upgrade(settings: Settings) -> None:
+    """Upgrade the schema to the newest revision; say which revision it was and is."""
+    db = settings.database()
+    try:
+        before, after = await upgrade_schema(db.engine)
+    finally:
+        await db.dispose()
+    if before == after:
+        print(f"schema already at revision {after}", file=sys.stderr)
+    else:
+        print(f"schema upgraded from {before or 'unversioned'} to {after}", file=sys.stderr)
+
+
+def serve(settings: Settings, *, host: str, port: int, workers: int, upgrade: bool) -> None:
+    """Run REST, GraphQL and GraphiQL on uvicorn, in one process or several."""
+    # Upgrade or reach the database first, once for all workers, so a wrong URL is one line
+    # here, not a traceback from each worker's start-up.
+    if upgrade:
+        asyncio.run(db_upgrade(settings))
+    else:
+        asyncio.run(_with_database(settings, _reachable))
+    if workers == 1:
+        uvicorn.run(create_app(settings, db=settings.database()), host=host, port=port)
+        return
+    if settings.database_url.startswith("sqlite"):
+        # Each process wakes its own subscribers on its own commits (storage.broker): events
+        # written through another worker reach them at their next periodic re-read.
+        print(
+            f"note: with SQLite, a subscription sees events written through another worker "
+            f"up to {POLL_SECONDS:g} s late; PostgreSQL delivers them at once",
+            file=sys.stderr,
+        )
+    # Each worker builds its own app from the environment: the URL given on the command line
+    # reaches them there.
+    os.environ[DATABASE_URL_VARIABLE] = settings.database_url
+    uvicorn.run("gateway.app:create_app", factory=True, host=host, port=port, workers=workers)
 
 
 async def orgs_create(db: Database, org_id: str, name: str | None) -> None:
@@ -99,6 +133,14 @@ def _event_count(raw: str) -> int:
     return int(raw)
 
 
+def _worker_count(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of processes, 1 or more, not {raw!r}"
+        )
+    return int(raw)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="events-gateway", description=__doc__)
     parser.add_argument(
@@ -110,6 +152,22 @@ def _parser() -> argparse.ArgumentParser:
     serve_parser = commands.add_parser("serve", help="serve REST, GraphQL and GraphiQL")
     serve_parser.add_argument("--host", default="127.0.0.1")
     serve_parser.add_argument("--port", type=int, default=8000)
+    serve_parser.add_argument(
+        "--workers", type=_worker_count, default=1, help="server processes (default 1)"
+    )
+    serve_parser.add_argument(
+        "--no-upgrade",
+        dest="upgrade",
+        action="store_false",
+        help="do not upgrade the schema first (run `db upgrade` yourself)",
+    )
+
+    db_commands = commands.add_parser("db", help="manage the database schema").add_subparsers(
+        dest="action", required=True
+    )
+    db_upgrade_parser = db_commands.add_parser(
+        "upgrade", help="upgrade the schema to the newest revision"
+    )
 
     demo_parser = commands.add_parser("demo", help="fill a demo org with events and serve it")
     demo_parser.add_argument("--host", default="127.0.0.1")
@@ -136,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     # --database-url is accepted before or after the command name.
     for leaf in (
         serve_parser,
+        db_upgrade_parser,
         demo_parser,
         orgs_create_parser,
         keys_create_parser,
@@ -149,7 +208,15 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, settings: Settings) -> None:
     match args.command, getattr(args, "action", None):
         case "serve", _:
-            serve(settings, host=args.host, port=args.port)
+            serve(
+                settings,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                upgrade=args.upgrade,
+            )
+        case "db", "upgrade":
+            asyncio.run(db_upgrade(settings))
         case "demo", _:
             run_demo(settings, host=args.host, port=args.port, event_count=args.events)
         case "orgs", "create":
@@ -182,5 +249,5 @@ def main(argv: list[str] | None = None) -> None:
         _run(args, settings)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    except (SQLAlchemyError, OSError) as error:
+    except (SQLAlchemyError, OSError, CommandError) as error:
         _fail(f"database {shown_url}: {_first_line(error)}")

@@ -66,16 +66,29 @@ class Database:
         echo: bool = False,
         read_pool_size: int = 2,
         group_commit: bool = True,
+        pool_size: int = 5,
+        pool_max_overflow: int = 10,
+        pool_timeout: float = 30.0,
     ) -> None:
         self.url = normalize_url(url)
         parsed = make_url(self.url)
         if parsed.drivername.startswith("sqlite") and parsed.database in (None, "", ":memory:"):
             raise ValueError("SQLite needs a file: each connection to :memory: is its own database")
+        # Sized for PostgreSQL only: SQLite keeps SQLAlchemy's defaults for a file, since its
+        # writes take turns whatever the pool, and its hot reads have their own pool.
+        pool: dict[str, Any] = {}
+        if parsed.drivername.startswith("postgresql"):
+            pool = {
+                "pool_size": pool_size,
+                "max_overflow": pool_max_overflow,
+                "pool_timeout": pool_timeout,
+            }
         self.engine: AsyncEngine = create_async_engine(
             self.url,
             echo=echo,
             json_serializer=_dump_json,
             json_deserializer=orjson.loads,
+            **pool,
         )
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _configure_sqlite)
