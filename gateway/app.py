@@ -8,7 +8,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from gateway import counts, rest
 from gateway.auth import Authenticator
@@ -25,18 +25,21 @@ from gateway.problems import (
 )
 from gateway.responses import JSONResponse
 from schema import build_schema
+from storage.broker import Broker, fan_out
 from storage.database import Database
 
 
-def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    db: Database | None = None,
+    broker: Broker | None = None,
+) -> Starlette:
     """Build the gateway; the schema is created on start-up if the database lacks it."""
     settings = settings or Settings.from_env()
-    db = db or Database(
-        settings.database_url,
-        read_pool_size=settings.read_pool_size,
-        group_commit=settings.group_commit,
-    )
+    db = db or settings.database()
     authenticator = Authenticator(db, cache_seconds=settings.key_cache_seconds)
+    broker = broker or Broker()
     graphql = GraphQLApp(
         build_schema(
             max_depth=settings.graphql_max_depth,
@@ -45,6 +48,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         ),
         db=db,
         authenticator=authenticator,
+        broker=broker,
         graphiql=settings.graphiql,
     )
     document = openapi_document()
@@ -58,7 +62,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         # What exists at start-up lives for the whole process: keeping it out of the garbage
         # collector's full passes makes each pass cost what the requests allocated, not more.
         gc.freeze()
-        yield
+        async with fan_out(db, broker):
+            yield
         await db.dispose()
 
     app = Starlette(
@@ -67,6 +72,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
             *counts.routes,
             *rest.routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),  # subscriptions
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         middleware=[

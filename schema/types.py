@@ -102,6 +102,13 @@ class Event:
             org_id=row["org_id"],
         )
 
+    @strawberry.field(
+        description="This event's position, the same as its edge's: give it as `after` to "
+        "page, or to subscribe, from here."
+    )
+    def cursor(self) -> str:
+        return encode_event_cursor(int(self.id))
+
     @strawberry.field(description="Loaded in one batch for a whole page of events.")
     async def container(self, info: Info[Context, None]) -> "Container":
         row = await info.context.containers.load((self.org_id, self.container_id))

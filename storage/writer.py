@@ -78,6 +78,8 @@ class EventWriter:
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[tuple[str, str]] = set()  # (org_id, idempotency key)
         self._pruned_at = -PRUNE_EVERY_SECONDS
+        # Called with (org_id, rows) once a write's rows are committed (storage.broker).
+        self.on_commit: list[Callable[[str, list[EventRecord]], None]] = []
 
     async def log(
         self,
@@ -120,7 +122,9 @@ class EventWriter:
         if not self.group_commit:
             async with self._sessions() as session:
                 [rows] = await self._write(session, [write])
-                return rows
+            for announce in self.on_commit:
+                announce(write.org_id, rows)
+            return rows
         self._queue.append(write)
         if self._task is None:
             self._task = asyncio.create_task(self._run())
@@ -176,12 +180,17 @@ class EventWriter:
                 try:
                     async with self._sessions() as session:
                         [rows] = await self._write(session, [write])
-                    write.answer(rows)
                 except Exception as error:
                     write.fail(error)
+                    continue
+                write.answer(rows)
+                for announce in self.on_commit:
+                    announce(write.org_id, rows)
             return
         for write, rows in zip(group, stored, strict=True):
             write.answer(rows)
+            for announce in self.on_commit:
+                announce(write.org_id, rows)
 
 
 async def _store_group(

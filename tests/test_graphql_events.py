@@ -170,6 +170,17 @@ async def test_a_cursor_means_the_same_position_in_rest_and_graphql(client, db, 
     assert rest_after_graphql.json()["next_cursor"] == (graphql_after_rest["pageInfo"]["endCursor"])
 
 
+async def test_an_events_own_cursor_is_its_edges_cursor(client, db, acme_key):
+    await make_events(db, "acme", [("c1", {})] * 3)
+    query = '{ org(id: "acme") { events { edges { cursor node { id cursor } } } } }'
+
+    edges = (await graphql_data(client, acme_key, query))["org"]["events"]["edges"]
+
+    assert len(edges) == 3
+    assert [edge["node"]["cursor"] for edge in edges] == [edge["cursor"] for edge in edges]
+    assert len({edge["cursor"] for edge in edges}) == 3
+
+
 async def test_page_info_describes_the_page(client, db, acme_key):
     await make_events(db, "acme", [("c1", {})] * 3)
 

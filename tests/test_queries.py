@@ -1,10 +1,14 @@
 """Every operation in queries/ runs over HTTP and answers what a frontend expects.
 
 The files are discovered, so a new one is checked against the schema and executed at once;
-it also needs an entry in EXPECTATIONS saying what its answer must be.
+it also needs an entry in EXPECTATIONS saying what its answer must be. A subscription runs
+through the schema itself (the HTTP client has no WebSocket; tests/test_subscriptions.py
+speaks the protocol to a real server).
 """
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +19,9 @@ import httpx
 import pytest
 
 from schema import build_schema
+from schema.subscription import LiveContext
+from storage.broker import Broker
+from storage.cursors import encode_event_cursor
 from storage.database import Database
 from storage.domain import EventFilter
 from storage.events import EventRecord
@@ -92,6 +99,23 @@ class Operation:
             variables["first"] = PAGE_SIZE
         variables.update(overrides)
         return await graphql_data(self.client, self.key, self.text, variables)
+
+    async def stream(self, count: int, **overrides: Any) -> list[dict[str, Any]]:
+        """A subscription's first `count` results; polling stands in for commit notices."""
+        variables = {"orgId": VARIABLES["orgId"], **overrides}
+        context = LiveContext(db=self.db, org_id="acme", broker=Broker(poll_seconds=0.05))
+        results = await build_schema().subscribe(
+            self.text, variable_values=variables, context_value=context
+        )
+        assert isinstance(results, AsyncGenerator)
+        data: list[dict[str, Any]] = []
+        async with contextlib.aclosing(results):
+            async for result in results:
+                assert not result.errors, result.errors
+                data.append(result.data)
+                if len(data) == count:
+                    break
+        return data
 
     async def rest(self, path: str, **params: Any) -> dict[str, Any]:
         response = await self.client.get(path, params=params, headers=auth(self.key))
@@ -261,6 +285,32 @@ async def expect_event_counts(operation: Operation, rows: list[EventRecord]) -> 
     assert failed["events"]["totalCount"] == 4
 
 
+async def expect_live_container_events(operation: Operation, rows: list[EventRecord]) -> None:
+    replayed = await operation.stream(len(rows) - 1, after=encode_event_cursor(rows[0]["id"]))
+    events = [data["containerEvents"] for data in replayed]
+    assert [int(event["id"]) for event in events] == [row["id"] for row in rows[1:]]
+    assert [event["container"]["id"] for event in events] == [
+        row["container_id"] for row in rows[1:]
+    ]
+
+    rest = await operation.rest(
+        "/orgs/acme/container_events/by_fail", container_id="c2", order="asc"
+    )
+    failed = await operation.stream(
+        len(rest["events"]), filter="FAIL", containerId="c2", after=encode_event_cursor(0)
+    )
+    assert [int(data["containerEvents"]["id"]) for data in failed] == [
+        item["id"] for item in rest["events"]
+    ]
+
+    live = asyncio.create_task(operation.stream(1, after=encode_event_cursor(rows[-1]["id"])))
+    await asyncio.sleep(0.1)
+    [new] = await make_events(operation.db, "acme", [("c4", {"event_type": "DELETE"})])
+    [data] = await asyncio.wait_for(live, 5)
+    assert int(data["containerEvents"]["id"]) == new["id"]
+    assert data["containerEvents"]["eventType"] == "DELETE"
+
+
 async def answers_without_errors(operation: Operation, rows: list[EventRecord]) -> None:
     """All a new file gets until it has an entry in EXPECTATIONS."""
     assert await operation.run()
@@ -278,6 +328,7 @@ EXPECTATIONS: dict[str, Expectation] = {
     "LogContainerEvent": expect_log_container_event,
     "LogContainerEvents": expect_log_container_events,
     "EventCounts": expect_event_counts,
+    "LiveContainerEvents": expect_live_container_events,
 }
 
 

@@ -1,0 +1,241 @@
+"""Live fan-out: wake an org's subscribers when its events are committed.
+
+A notice only says "org X has new committed events, up to id M"; it carries no rows. Each
+subscriber keeps the id of the last event it delivered and, when woken, reads what follows
+it from the database. Replay and live delivery are then one code path, a lost or repeated
+notice costs a read and never an event, and a burst of commits coalesces into one wake-up.
+
+On SQLite (one process writes the file) the event writer announces each commit. On
+PostgreSQL every inserting transaction sends a notice (storage.notifications) that all
+processes sharing the database receive; a dedicated connection listens for it and feeds the
+broker. After that connection is lost and restored, every subscriber is woken, since notices
+sent meanwhile are gone.
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import asyncpg
+
+from storage.database import Database
+from storage.domain import EventFilter, Order
+from storage.events import EventRecord, Page, list_events
+from storage.notifications import CHANNEL, InvalidNotice, decode_committed
+
+logger = logging.getLogger(__name__)
+
+# Subscribers also re-read this often unprompted: a safety net for notices that cannot
+# arrive (another process writing the same SQLite file, a listener reconnecting).
+POLL_SECONDS = 5.0
+RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
+FOLLOW_PAGE_SIZE = 500
+# A subscriber that has not caught up while this many of its org's events were committed is
+# ended (SUBSCRIBER_TOO_SLOW). Ten full batches: a burst of batch ingest does not end a
+# subscriber that keeps up, since it catches up between batches.
+MAX_LAG = 100_000
+
+
+class Subscriber:
+    """One subscription's wake-up flag; many notices before it runs are one wake-up."""
+
+    def __init__(self, broker: "Broker", org_id: str) -> None:
+        self.org_id = org_id
+        self._broker = broker
+        self._woken = asyncio.Event()
+        self.max_lag = broker.max_lag
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    async def wait(self) -> None:
+        """Until a notice for the org arrives, or the broker's poll interval passes."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), self._broker.poll_seconds)
+        self._woken.clear()
+
+    def published(self) -> int:
+        """How many of the org's events this process has been told about so far."""
+        return self._broker.published(self.org_id)
+
+
+class Broker:
+    """In-process registry of subscribers by org; `publish` wakes those of one org."""
+
+    def __init__(self, *, max_lag: int = MAX_LAG, poll_seconds: float = POLL_SECONDS) -> None:
+        self.max_lag = max_lag  # events a subscriber may fall behind before it is ended
+        self.poll_seconds = poll_seconds
+        self._subscribers: dict[str, set[Subscriber]] = {}
+        self._published: dict[str, int] = {}
+
+    @asynccontextmanager
+    async def subscribe(self, org_id: str) -> AsyncIterator[Subscriber]:
+        """A subscriber for the org, registered until the block ends."""
+        subscriber = Subscriber(self, org_id)
+        members = self._subscribers.setdefault(org_id, set())
+        members.add(subscriber)
+        try:
+            yield subscriber
+        finally:
+            members.discard(subscriber)
+            if not members and self._subscribers.get(org_id) is members:
+                del self._subscribers[org_id]
+
+    def publish(self, org_id: str, last_id: int, count: int = 1) -> None:
+        """The org's events up to `last_id` are committed, `count` of them new."""
+        self._published[org_id] = self._published.get(org_id, 0) + count
+        for subscriber in self._subscribers.get(org_id, ()):
+            subscriber.wake()
+
+    def publish_rows(self, org_id: str, rows: list[EventRecord]) -> None:
+        """The writer's commit hook: these rows of the org are committed."""
+        if rows:
+            self.publish(org_id, rows[-1]["id"], len(rows))
+
+    def published(self, org_id: str) -> int:
+        return self._published.get(org_id, 0)
+
+    def wake_all(self) -> None:
+        for members in self._subscribers.values():
+            for subscriber in members:
+                subscriber.wake()
+
+
+class Listener:
+    """LISTENs for commit notices on PostgreSQL on a connection of its own (a pooled one
+    would be handed to other work), reconnecting with backoff when it drops."""
+
+    def __init__(self, dsn: str, broker: Broker) -> None:
+        self._dsn = dsn
+        self._broker = broker
+        self._task: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                connection = await asyncpg.connect(self._dsn)
+                try:
+                    await self._listen(connection)
+                finally:
+                    self.listening.clear()
+                    with suppress(Exception):
+                        await connection.close(timeout=1)
+                failures = 0  # it listened until now: try again at once
+                logger.warning("lost the commit listener's connection; reconnecting")
+            except Exception as error:  # whatever failed, listening again is the remedy
+                logger.warning("cannot listen for commits: %s", error)
+            await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
+            failures += 1
+
+    async def _listen(self, connection: Any) -> None:
+        """Feed the broker until the connection is lost."""
+        lost = asyncio.Event()
+        connection.add_termination_listener(lambda _connection: lost.set())
+        await connection.add_listener(CHANNEL, self._notice)
+        # Notices sent while nobody listened are gone: every subscriber re-reads.
+        self._broker.wake_all()
+        self.listening.set()
+        await lost.wait()
+
+    def _notice(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            committed = decode_committed(payload)
+        except InvalidNotice:
+            logger.warning("ignoring a malformed commit notice")
+            return
+        self._broker.publish(
+            committed.org_id, committed.last_id, committed.last_id - committed.first_id + 1
+        )
+
+
+def _asyncpg_dsn(db: Database) -> str:
+    url = db.engine.url.set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+@asynccontextmanager
+async def fan_out(db: Database, broker: Broker) -> AsyncIterator[None]:
+    """Feed the broker with the database's commits while the block runs."""
+    if db.dialect != "postgresql":
+        announce: Callable[[str, list[EventRecord]], None] = broker.publish_rows
+        db.writer.on_commit.append(announce)
+        try:
+            yield
+        finally:
+            db.writer.on_commit.remove(announce)
+        return
+    # Every process's commits arrive as notices, this one's included: the writer's own
+    # announcements would only wake subscribers twice.
+    listener = Listener(_asyncpg_dsn(db), broker)
+    listener.start()
+    try:
+        yield
+    finally:
+        await listener.stop()
+
+
+class SubscriberTooSlow(Exception):
+    """The subscriber fell more than the broker's `max_lag` events behind; `last_id` is the
+    last event it was given (or where it started), to resume after."""
+
+    def __init__(self, last_id: int, max_lag: int) -> None:
+        super().__init__(f"fell more than {max_lag} events behind")
+        self.last_id = last_id
+
+
+async def newest_event_id(db: Database, org_id: str) -> int:
+    """The id of the org's newest committed event; 0 when it has none."""
+    async with db.reader() as reader:
+        found = await list_events(reader, org_id=org_id, page=Page(limit=1, order=Order.DESC))
+    return found.rows[0]["id"] if found.rows else 0
+
+
+async def follow_events(
+    db: Database,
+    subscriber: Subscriber,
+    *,
+    after_id: int,
+    event_filter: EventFilter | None = None,
+    container_id: str | None = None,
+) -> AsyncGenerator[EventRecord, None]:
+    """The org's events after `after_id` in id order, then each new one as it is committed.
+
+    Every read starts after the last event yielded, so no event is skipped or repeated
+    between replay and live delivery. Raises SubscriberTooSlow once more than `max_lag` of
+    the org's events (whatever the filter) were committed since it last caught up.
+    """
+    max_lag = subscriber.max_lag
+    caught_up_at = subscriber.published()
+    while True:
+        seen = subscriber.published()
+        if seen - caught_up_at > max_lag:
+            raise SubscriberTooSlow(after_id, max_lag)
+        async with db.reader() as reader:
+            found = await list_events(
+                reader,
+                org_id=subscriber.org_id,
+                event_filter=event_filter,
+                container_id=container_id,
+                page=Page(limit=FOLLOW_PAGE_SIZE, after_id=after_id, order=Order.ASC),
+            )
+        for row in found.rows:
+            yield row
+            after_id = row["id"]
+        if found.next_cursor is None:
+            # Everything committed before `seen` was counted is now read.
+            caught_up_at = seen
+            await subscriber.wait()

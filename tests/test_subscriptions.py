@@ -1,0 +1,449 @@
+"""Subscription.containerEvents over graphql-transport-ws, against a real server.
+
+A uvicorn process on 127.0.0.1 and a free port serves a temporary SQLite file (and the
+PostgreSQL database of EVENTS_GATEWAY_TEST_POSTGRES_URL when set); clients speak the protocol
+over real sockets (connection_init, connection_ack, subscribe, next, error, complete) while
+others write events over REST, as live agents do. The fan-out under it (storage.broker) is
+checked on its own first.
+"""
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import aclosing, asynccontextmanager, closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from schema import build_schema
+from schema.subscription import LiveContext
+from storage.broker import Broker, fan_out
+from storage.database import Database
+from tests.conftest import POSTGRES_URL_VARIABLE
+from tests.factories import auth, make_org, new_event
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBSCRIPTION = (ROOT / "queries" / "LiveContainerEvents.graphql").read_text()
+START_TIMEOUT = 20.0
+RECEIVE_TIMEOUT = 10.0
+
+SERVER = """
+import sys
+import uvicorn
+from gateway.app import create_app
+from gateway.config import Settings
+from storage.broker import Broker
+
+url, port, max_lag = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+settings = Settings(database_url=url, key_cache_seconds=0)
+app = create_app(settings, broker=Broker(max_lag=max_lag))
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+"""
+
+
+@dataclass
+class Server:
+    base: str
+    acme_key: str
+    other_key: str
+
+    @property
+    def socket_url(self) -> str:
+        return self.base.replace("http://", "ws://") + "/graphql"
+
+
+def _free_port() -> int:
+    with closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def _serving(url: str, max_lag: int) -> Iterator[str]:
+    port = _free_port()
+    command = [sys.executable, "-c", SERVER, url, str(port), str(max_lag)]
+    process = subprocess.Popen(command, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                httpx.get(base + "/openapi.json", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("the server did not start") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _database_url(backend: str, tmp_path: Path) -> str:
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'events.db'}"
+    url = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not url:
+        pytest.skip(f"PostgreSQL not configured: set {POSTGRES_URL_VARIABLE}")
+    return url
+
+
+async def _start(url: str) -> tuple[str, str]:
+    db = Database(url)
+    try:
+        if db.dialect == "postgresql":
+            await db.drop_schema()
+        await db.create_schema()
+        acme_key = await make_org(db, "acme")
+        other_key = await make_org(db, "other")
+    finally:
+        await db.dispose()
+    return acme_key, other_key
+
+
+@contextmanager
+def server_with(url: str, max_lag: int = 10_000) -> Iterator[Server]:
+    acme_key, other_key = asyncio.run(_start(url))
+    with _serving(url, max_lag) as base:
+        yield Server(base, acme_key, other_key)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """One server per backend for the module: each test writes after its own start."""
+    url = _database_url(request.param, tmp_path_factory.mktemp("subscriptions"))
+    with server_with(url) as running:
+        yield running
+
+
+# The fan-out.
+
+
+async def test_each_commit_wakes_the_orgs_subscribers_and_only_theirs(db: Database):
+    await make_org(db, "acme")
+    broker = Broker(poll_seconds=60)
+    async with (
+        fan_out(db, broker),
+        broker.subscribe("acme") as acme,
+        broker.subscribe("other") as other,
+    ):
+        if db.dialect == "postgresql":
+            # Once listening, the listener wakes everyone: notices may have been missed.
+            await asyncio.wait_for(acme.wait(), RECEIVE_TIMEOUT)
+            await asyncio.wait_for(other.wait(), RECEIVE_TIMEOUT)
+        await db.writer.log("acme", [("c1", new_event()), ("c2", new_event())])
+        await asyncio.wait_for(acme.wait(), RECEIVE_TIMEOUT)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(other.wait(), 0.3)
+        assert acme.published() == 2
+        assert other.published() == 0
+
+
+async def test_the_listener_reconnects_and_wakes_everyone_when_its_connection_drops(
+    db: Database,
+):
+    if db.dialect != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    await make_org(db, "acme")
+    broker = Broker(poll_seconds=60)
+    async with fan_out(db, broker), broker.subscribe("acme") as acme:
+        await asyncio.wait_for(acme.wait(), RECEIVE_TIMEOUT)
+        async with db.session() as session:
+            await session.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+                )
+            )
+        await asyncio.wait_for(acme.wait(), RECEIVE_TIMEOUT)  # reconnected: re-read
+        await db.writer.log("acme", [("c1", new_event())])
+        await asyncio.wait_for(acme.wait(), RECEIVE_TIMEOUT)
+        assert acme.published() == 1
+
+
+# The stream's own errors.
+
+
+async def test_a_fault_while_streaming_is_masked_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'events.db'}")
+    context = LiveContext(db=db, org_id="acme", broker=Broker())
+    try:
+        results = await build_schema().subscribe(
+            SUBSCRIPTION, variable_values={"orgId": "acme"}, context_value=context
+        )
+        assert isinstance(results, AsyncGenerator)
+        async with aclosing(results):
+            result = await anext(results)
+    finally:
+        await db.dispose()
+
+    assert result.errors is not None
+    [error] = [error.formatted for error in result.errors]
+    assert error["message"] == "Unexpected error."
+    assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR"}
+    assert "subscription containerEvents failed" in caplog.text
+
+
+# The protocol, as a client speaks it.
+
+
+async def _receive(socket: ClientConnection) -> dict[str, Any]:
+    while True:
+        message = json.loads(await asyncio.wait_for(socket.recv(), RECEIVE_TIMEOUT))
+        if message["type"] != "ping":
+            return message
+        await socket.send(json.dumps({"type": "pong"}))
+
+
+@asynccontextmanager
+async def opened(server: Server, payload: dict[str, Any]) -> AsyncIterator[ClientConnection]:
+    """A socket after connection_init with `payload`; acknowledged or closed by the server."""
+    async with connect(server.socket_url, subprotocols=["graphql-transport-ws"]) as socket:
+        await socket.send(json.dumps({"type": "connection_init", "payload": payload}))
+        yield socket
+
+
+@asynccontextmanager
+async def acknowledged(server: Server, key: str) -> AsyncIterator[ClientConnection]:
+    async with opened(server, {"Authorization": f"Bearer {key}"}) as socket:
+        assert (await _receive(socket))["type"] == "connection_ack"
+        yield socket
+
+
+async def subscribe(socket: ClientConnection, operation_id: str, **variables: Any) -> None:
+    await socket.send(
+        json.dumps(
+            {
+                "id": operation_id,
+                "type": "subscribe",
+                "payload": {"query": SUBSCRIPTION, "variables": {"orgId": "acme", **variables}},
+            }
+        )
+    )
+
+
+async def next_events(socket: ClientConnection, count: int) -> list[dict[str, Any]]:
+    """The next `count` events the server sends; fails on anything else."""
+    events = []
+    while len(events) < count:
+        message = await _receive(socket)
+        assert message["type"] == "next", message
+        assert "errors" not in message["payload"], message
+        events.append(message["payload"]["data"]["containerEvents"])
+    return events
+
+
+async def close_code(socket: ClientConnection) -> int | None:
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(socket.recv(), RECEIVE_TIMEOUT)
+    assert socket.close_code is not None
+    return socket.close_code
+
+
+# Writing, as agents do.
+
+
+async def post_events(
+    http: httpx.AsyncClient, key: str, events: list[dict[str, Any]], org_id: str = "acme"
+) -> list[int]:
+    response = await http.post(f"/orgs/{org_id}/events", json=events, headers=auth(key))
+    assert response.status_code == 200, response.text
+    return [int(event_id) for event_id in response.json()["ids"]]
+
+
+def event_cursor(event_id: int) -> str:
+    return base64.urlsafe_b64encode(f"e{event_id}".encode()).rstrip(b"=").decode()
+
+
+def ids(events: list[dict[str, Any]]) -> list[int]:
+    return [int(event["id"]) for event in events]
+
+
+def access(container_id: str = "c1", **fields: Any) -> dict[str, Any]:
+    return {"container_id": container_id, "event_type": "ACCESS", **fields}
+
+
+# The specification.
+
+
+async def test_a_missing_key_closes_the_socket_with_4401(server: Server):
+    async with opened(server, {}) as socket:
+        assert await close_code(socket) == 4401
+
+
+async def test_a_malformed_authorization_closes_the_socket_with_4401(server: Server):
+    async with opened(server, {"authorization": f"Basic {server.acme_key}"}) as socket:
+        assert await close_code(socket) == 4401
+
+
+async def test_an_unknown_key_closes_the_socket_with_4403(server: Server):
+    async with opened(server, {"Authorization": "Bearer not-a-key"}) as socket:
+        assert await close_code(socket) == 4403
+
+
+async def test_the_key_is_also_taken_as_x_api_key_in_any_case(server: Server):
+    async with opened(server, {"x-API-key": server.acme_key}) as socket:
+        assert (await _receive(socket))["type"] == "connection_ack"
+
+
+async def test_over_http_a_subscription_answers_400(server: Server):
+    async with httpx.AsyncClient(base_url=server.base) as http:
+        response = await http.post(
+            "/graphql",
+            json={"query": SUBSCRIPTION, "variables": {"orgId": "acme"}},
+            headers=auth(server.acme_key),
+        )
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+
+
+async def test_another_orgs_events_answer_not_found(server: Server):
+    async with acknowledged(server, server.other_key) as socket:
+        await subscribe(socket, "1")
+        message = await _receive(socket)
+    assert message["type"] in ("next", "error"), message
+    errors = message["payload"]["errors"] if message["type"] == "next" else message["payload"]
+    assert errors[0]["extensions"]["code"] == "NOT_FOUND"
+
+
+async def test_a_bad_after_cursor_answers_bad_user_input(server: Server):
+    async with acknowledged(server, server.acme_key) as socket:
+        await subscribe(socket, "1", after="not-a-cursor")
+        message = await _receive(socket)
+    errors = message["payload"]["errors"] if message["type"] == "next" else message["payload"]
+    assert errors[0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_without_after_only_events_committed_later_are_sent(server: Server):
+    async with httpx.AsyncClient(base_url=server.base) as http:
+        history = await post_events(http, server.acme_key, [access(), access()])
+        async with acknowledged(server, server.acme_key) as socket:
+            await subscribe(socket, "1")
+            # When the stream starts is the server's to say: write until one arrives.
+            first = asyncio.create_task(next_events(socket, 1))
+            written: list[int] = []
+            while not first.done():
+                written += await post_events(http, server.acme_key, [access("c2")])
+                await asyncio.wait({first}, timeout=0.1)
+            [event] = first.result()
+            later = await post_events(http, server.acme_key, [access("c3")])
+            expected = [event_id for event_id in written if event_id > int(event["id"])] + later
+            rest = await next_events(socket, len(expected))
+    assert int(event["id"]) in written
+    assert int(event["id"]) > history[-1]
+    assert event["container"]["id"] == "c2"
+    assert ids(rest) == expected
+
+
+async def test_after_replays_then_goes_live_with_no_gap_and_no_duplicate(server: Server):
+    async with httpx.AsyncClient(base_url=server.base) as http:
+        history = await post_events(http, server.acme_key, [access() for _ in range(30)])
+        after = history[9]
+        writing_done = asyncio.Event()
+        written: list[int] = list(history)
+
+        async def write_meanwhile() -> None:
+            for round_ in range(20):
+                batch = [access(f"c{round_ % 3}") for _ in range(round_ % 4 + 1)]
+                written.extend(await post_events(http, server.acme_key, batch))
+                # Another org's events never reach acme's subscribers.
+                await post_events(http, server.other_key, [access()], org_id="other")
+            writing_done.set()
+
+        async with acknowledged(server, server.acme_key) as socket:
+            await subscribe(socket, "1", after=event_cursor(after))
+            writer = asyncio.create_task(write_meanwhile())
+            first = await next_events(socket, 5)  # replay under way while writes land
+            await writer
+            expected = [event_id for event_id in written if event_id > after]
+            received = first + await next_events(socket, len(expected) - len(first))
+            await socket.send(json.dumps({"id": "1", "type": "complete"}))
+
+    assert ids(received) == expected
+    assert ids(received) == sorted(set(ids(received)))
+
+
+async def test_filter_and_container_id_select_as_queries_do(server: Server):
+    async with httpx.AsyncClient(base_url=server.base) as http:
+        start = (await post_events(http, server.acme_key, [access()]))[0]
+        batch = [
+            access("c1", status="FAILURE"),
+            access("c2", status="FAILURE"),
+            {"container_id": "c1", "event_type": "BLOCK"},
+            {"container_id": "c1", "event_type": "UPDATE", "status": "FAILURE"},
+            access("c1"),
+        ]
+        written = await post_events(http, server.acme_key, batch)
+        async with acknowledged(server, server.acme_key) as socket:
+            await subscribe(socket, "failed", filter="FAIL", after=event_cursor(start))
+            after_batch = event_cursor(written[-1])
+            await subscribe(
+                socket, "c1-access", containerId="c1", filter="ACCESS", after=after_batch
+            )
+            await subscribe(socket, "blocks", filter="BLOCK", after=event_cursor(start))
+            await asyncio.sleep(0.3)
+            live = await post_events(http, server.acme_key, [access("c1"), access("c2")])
+            by_operation: dict[str, list[int]] = {"failed": [], "c1-access": [], "blocks": []}
+            while sum(map(len, by_operation.values())) < 3 + 1 + 1:
+                message = await _receive(socket)
+                assert message["type"] == "next", message
+                by_operation[message["id"]].append(
+                    int(message["payload"]["data"]["containerEvents"]["id"])
+                )
+            with pytest.raises(TimeoutError):  # and nothing else
+                await asyncio.wait_for(socket.recv(), 0.5)
+
+    assert by_operation == {
+        "failed": [written[0], written[1], written[3]],
+        "c1-access": [live[0]],
+        "blocks": [written[2]],
+    }
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def impatient_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A server whose subscribers may fall at most 5 events behind."""
+    with server_with(_database_url(request.param, tmp_path), max_lag=5) as running:
+        yield running
+
+
+async def test_a_subscriber_too_far_behind_is_ended_with_the_cursor_to_resume(
+    impatient_server: Server,
+):
+    server = impatient_server
+    async with httpx.AsyncClient(base_url=server.base) as http:
+        start = (await post_events(http, server.acme_key, [access()]))[0]
+        async with acknowledged(server, server.acme_key) as socket:
+            await subscribe(socket, "1", after=event_cursor(start))
+            await asyncio.sleep(0.3)
+            # Within the limit: delivered.
+            kept = await post_events(http, server.acme_key, [access() for _ in range(5)])
+            assert ids(await next_events(socket, 5)) == kept
+            # More committed at once than the subscriber may lag behind.
+            await post_events(http, server.acme_key, [access() for _ in range(6)])
+            message = await _receive(socket)
+            assert message["type"] == "next", message
+            [error] = message["payload"]["errors"]
+            assert (await _receive(socket))["type"] == "complete"
+
+        assert error["extensions"]["code"] == "SUBSCRIBER_TOO_SLOW"
+        assert error["extensions"]["after"] == event_cursor(kept[-1])
+        async with acknowledged(server, server.acme_key) as socket:
+            await subscribe(socket, "2", after=error["extensions"]["after"])
+            resumed = await next_events(socket, 6)
+    assert ids(resumed) == [kept[-1] + n for n in range(1, 7)]
