@@ -1,5 +1,6 @@
 """Reading and writing events: keyset pages over the read-path indexes, atomic writes."""
 
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Select,
     bindparam,
     func,
+    literal,
     literal_column,
     or_,
     select,
@@ -343,11 +345,23 @@ def _upsert_containers(dialect: str) -> Executable:
 _INSERT_EVENTS = events.insert()
 _WRITTEN_COLUMNS = EVENT_COLUMNS[1:]  # all but the id, which the database assigns
 
-# The PostgreSQL advisory lock that every transaction storing events holds from before its
-# first write until its commit: the bytes of "events" in ASCII. Anything else sharing the
-# database must not take advisory lock 0x6576656E7473 (111542261052531) for its own ends.
-EVENT_ORDER_LOCK = 0x6576_656E_7473
-_TAKE_EVENT_ORDER_LOCK = select(func.pg_advisory_xact_lock(EVENT_ORDER_LOCK))
+# PostgreSQL advisory locks that a transaction storing an org's events holds from before its
+# first write until its commit, one per org: the two-key form, this class (the bytes of "evnt"
+# in ASCII) and a 32-bit hash of the org id. Anything else sharing the database must not take
+# advisory locks of class 0x65766E74 (1702260340) for its own ends.
+EVENT_ORDER_LOCK_CLASS = 0x6576_6E74
+_TAKE_EVENT_ORDER_LOCK = select(
+    func.pg_advisory_xact_lock(
+        literal(EVENT_ORDER_LOCK_CLASS, Integer()), bindparam("org_lock", type_=Integer())
+    )
+)
+
+
+def event_order_lock(org_id: str) -> int:
+    """The org's key in EVENT_ORDER_LOCK_CLASS: its id's CRC-32, as PostgreSQL's signed int4.
+    Two orgs may share one; they then only wait for each other."""
+    key = zlib.crc32(org_id.encode())
+    return key - 2**32 if key >= 2**31 else key
 
 
 async def _insert_events(
@@ -388,18 +402,19 @@ async def store_events(
     containers, without committing; returns the rows in input order."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        # Readers and pollers take "after id N" to mean nothing at or below N is still to
-        # come. A sequence hands out ids as transactions insert, not as they commit, so two
-        # concurrent writers (processes, or writes outside group commit) could commit id 101
-        # before id 100, and a poller that saw 101 would never see 100. Holding one lock from
-        # before the first write to the commit makes the ids of later transactions larger,
-        # and PostgreSQL releases it only once the commit is visible, so ids become visible
-        # in order. Taken before the container, zone and count upserts below lock any row,
-        # so it cannot join a deadlock with them (the writer's pruning before it locks only
-        # expired idempotency keys, which no holder of the lock writes); taken again in the
-        # same transaction (a group of several orgs), it does not wait. SQLite has one
-        # writer at a time already.
-        await session.execute(_TAKE_EVENT_ORDER_LOCK)
+        # Readers and pollers take "after id N" of an org to mean nothing of the org at or
+        # below N is still to come. A sequence hands out ids as transactions insert, not as
+        # they commit, so two concurrent writers (processes, or writes outside group commit)
+        # could commit id 101 before id 100, and a poller that saw 101 would never see 100.
+        # Holding the org's lock from before its first write to the commit makes the ids of
+        # the org's later transactions larger, and PostgreSQL releases it only once the commit
+        # is visible, so each org's ids become visible in order. Every cursor and poll is for
+        # one org, so orgs need not wait for each other. Taken before the container, zone and
+        # count upserts below lock any row, so it cannot join a deadlock with them (the
+        # writer's pruning before it locks only expired idempotency keys, which no holder of
+        # the lock writes); a group of several orgs takes their locks in org order. SQLite has
+        # one writer at a time already.
+        await session.execute(_TAKE_EVENT_ORDER_LOCK, {"org_lock": event_order_lock(org_id)})
     latest: dict[str, datetime] = {}
     for container_id, new_event in items:
         seen = latest.get(container_id)
@@ -438,7 +453,7 @@ async def store_events(
         row["id"] = event_id
     if dialect == "postgresql" and ids:
         # Every process learns of these events at the commit (storage.notifications); under
-        # the lock above, no other transaction's ids fall between the first and the last.
+        # the lock above, no other transaction's ids of this org fall between the two.
         await notify_committed(session, Committed(org_id, min(ids), max(ids)))
     await windows.record_windows(session, org_id=org_id, stored=rows)
     from storage.counts import record_counts  # here: storage.counts imports this module

@@ -162,6 +162,22 @@ async def test_a_poller_reading_after_its_last_id_sees_every_concurrent_commit_o
     assert set(seen) == set(committed)
 
 
+async def test_an_orgs_open_write_does_not_hold_back_another_orgs(postgres_url: str) -> None:
+    first, second = Database(postgres_url), Database(postgres_url, group_commit=False)
+    try:
+        await make_org(first, "other")
+        async with first.session() as session:
+            await store_events(session, org_id="other", items=live_batch(1))
+            # Still uncommitted: acme's write goes ahead all the same.
+            logged = await asyncio.wait_for(second.writer.log("acme", live_batch(1)), 10)
+            await session.rollback()
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+    assert len(logged.rows) == 1
+
+
 async def test_a_commit_notifies_the_id_range_it_stored(postgres_url: str) -> None:
     db = Database(postgres_url)
     try:
