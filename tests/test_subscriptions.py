@@ -46,9 +46,11 @@ from gateway.app import create_app
 from gateway.config import Settings
 from storage.broker import Broker
 
-url, port, max_lag = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+url, port, max_lag, poll_seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(
+    sys.argv[4]
+)
 settings = Settings(database_url=url, key_cache_seconds=0)
-app = create_app(settings, broker=Broker(max_lag=max_lag))
+app = create_app(settings, broker=Broker(max_lag=max_lag, poll_seconds=poll_seconds))
 uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 """
 
@@ -71,9 +73,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _serving(url: str, max_lag: int) -> Iterator[str]:
+def _serving(url: str, max_lag: int, poll_seconds: float = 5.0) -> Iterator[str]:
     port = _free_port()
-    command = [sys.executable, "-c", SERVER, url, str(port), str(max_lag)]
+    command = [sys.executable, "-c", SERVER, url, str(port), str(max_lag), str(poll_seconds)]
     process = subprocess.Popen(command, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -420,6 +422,30 @@ def impatient_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     """A server whose subscribers may fall at most 5 events behind."""
     with server_with(_database_url(request.param, tmp_path), max_lag=5) as running:
         yield running
+
+
+async def test_events_written_through_one_process_reach_a_subscriber_of_another(tmp_path):
+    url = _database_url("postgresql", tmp_path)
+    acme_key, other_key = await _start(url)
+    # Without their periodic re-read, only the commit notices can carry events across.
+    no_polling = 3600.0
+    with (
+        _serving(url, 10_000, no_polling) as subscribed_base,
+        _serving(url, 10_000, no_polling) as written_base,
+    ):
+        subscribed = Server(subscribed_base, acme_key, other_key)
+        async with httpx.AsyncClient(base_url=written_base) as http:
+            [start] = await post_events(http, acme_key, [access()])
+            written: list[int] = []
+            received: list[dict[str, Any]] = []
+            async with acknowledged(subscribed, acme_key) as socket:
+                await subscribe(socket, "1", after=event_cursor(start))
+                for size in (1, 3, 5):
+                    batch = await post_events(http, acme_key, [access() for _ in range(size)])
+                    written += batch
+                    received += await next_events(socket, size)
+
+    assert ids(received) == written
 
 
 async def test_a_subscriber_too_far_behind_is_ended_with_the_cursor_to_resume(
