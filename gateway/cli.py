@@ -15,7 +15,6 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from gateway.app import create_app
 from gateway.config import DATABASE_URL_VARIABLE, Settings
 from gateway.demo import run_demo
-from storage.broker import POLL_SECONDS
 from storage.database import Database, normalize_url
 from storage.domain import ID_RULE, is_valid_id
 from storage.keys import create_key, list_keys, revoke_key
@@ -56,6 +55,13 @@ async def db_upgrade(settings: Settings) -> None:
 
 def serve(settings: Settings, *, host: str, port: int, workers: int, upgrade: bool) -> None:
     """Run REST, GraphQL and GraphiQL on uvicorn, in one process or several."""
+    if workers > 1 and make_url(settings.database_url).get_backend_name() == "sqlite":
+        # Measured (bench.writes --workers 2): under write load, processes queueing on
+        # SQLite's one write lock time out after its busy timeout, and writes fail.
+        _fail(
+            "--workers above 1 needs PostgreSQL: SQLite takes one writer at a time, and "
+            "writes from several processes time out waiting for it"
+        )
     # Upgrade or reach the database first, once for all workers, so a wrong URL is one line
     # here, not a traceback from each worker's start-up.
     if upgrade:
@@ -65,14 +71,6 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, upgrade: bo
     if workers == 1:
         uvicorn.run(create_app(settings, db=settings.database()), host=host, port=port)
         return
-    if settings.database_url.startswith("sqlite"):
-        # Each process wakes its own subscribers on its own commits (storage.broker): events
-        # written through another worker reach them at their next periodic re-read.
-        print(
-            f"note: with SQLite, a subscription sees events written through another worker "
-            f"up to {POLL_SECONDS:g} s late; PostgreSQL delivers them at once",
-            file=sys.stderr,
-        )
     # Each worker builds its own app from the environment: the URL given on the command line
     # reaches them there.
     os.environ[DATABASE_URL_VARIABLE] = settings.database_url

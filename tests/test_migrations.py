@@ -190,8 +190,22 @@ def _worker_count(stderr: Path) -> int:
     return stderr.read_text().count("Started server process")
 
 
-def test_serve_with_two_workers_upgrades_and_serves_writes_and_reads(tmp_path: Path) -> None:
+def test_serve_refuses_several_workers_on_sqlite(tmp_path: Path) -> None:
     url = _sqlite_url(tmp_path)
+
+    result = run_cli("serve", "--port", str(_free_port()), "--workers", "2", database_url=url)
+
+    _assert_clean_failure(result)
+    assert "PostgreSQL" in result.stderr
+    assert not (tmp_path / "events.db").exists()
+
+
+async def test_serve_with_two_workers_upgrades_and_serves_writes_and_reads(
+    empty_db: Database, tmp_path: Path
+) -> None:
+    if empty_db.dialect != "postgresql":
+        pytest.skip("several workers need PostgreSQL (SQLite is refused: see the test above)")
+    url = empty_db.url
     key = create_org_key("acme", url)
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
@@ -221,4 +235,4 @@ def test_serve_with_two_workers_upgrades_and_serves_writes_and_reads(tmp_path: P
         assert response.status_code == 200
         assert [event["id"] for event in response.json()["events"]] == [event_id]
     assert workers == 2
-    assert _sqlite_revision(tmp_path / "events.db") == [(HEAD,)]
+    assert await revision(empty_db) == HEAD
