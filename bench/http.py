@@ -1,13 +1,15 @@
 """HTTP throughput and latency of a 100-event page, against a ceiling and a floor, in one run.
 
-    python -m bench.http [--events 100000] [--seconds 5] [--rounds 3] [--connections 16]
+    python -m bench.http [--events 100000] [--database-url URL] [--workers 1,2]
+                         [--seconds 5] [--rounds 3] [--connections 16]
 
-Every server runs under uvicorn with one worker on 127.0.0.1, and wrk (Debian package `wrk`)
+Every server runs under uvicorn on 127.0.0.1, with one worker or with each of the `--workers`
+counts in turn, on a bench.load database (SQLite or PostgreSQL), and wrk (Debian package `wrk`)
 loads one of them at a time while the others sit idle. The targets take turns for several
 rounds, so a burst of noise on this shared machine lands on every target alike rather than on
 whichever ran during it. Printed per target: the median over rounds of requests/s, p50 and p99
 latency, and the ratio of its requests/s to the constant-JSON ceiling and to the raw-driver
-floor; then each round's ratios, to show how much they move.
+floor at the same worker count; then each round's ratios, to show how much they move.
 """
 
 import argparse
@@ -26,7 +28,17 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.load import default_database_path, key_path, load, read_manifest, sqlite_path
+from bench.load import (
+    Manifest,
+    default_database_path,
+    is_postgres,
+    key_path,
+    load,
+    postgres_stand_in,
+    read_manifest,
+    read_postgres_manifest,
+    sqlite_path,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = "id containerId eventType status timestamp receivedAt actor details"
@@ -42,7 +54,7 @@ class Target:
     authenticated: bool = False
 
 
-CEILING, FLOOR = "ceiling: constant JSON", "floor: raw aiosqlite + orjson"
+CEILING, FLOOR = "ceiling: constant JSON", "floor: raw driver + orjson"
 REST, GRAPHQL, BASELINE = "REST shim page", "GraphQL, gateway", "GraphQL, default Strawberry"
 
 
@@ -89,18 +101,42 @@ class Result:
     peak_rss_mib: float = 0.0
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and all its descendants (uvicorn's master and its workers)."""
+    found = [pid]
+    for member in found:
+        for task in Path(f"/proc/{member}/task").glob("*"):
+            try:
+                found += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue  # the thread or process ended meanwhile
+    return found
+
+
 def peak_rss_mib(pid: int) -> float:
-    """The process's peak resident memory so far (Linux VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """The peak resident memory so far (Linux VmHWM) of the process and its descendants,
+    added up: with several uvicorn workers, what the server holds at its peak at most."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM:"))
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time the process has used so far, all threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User plus system CPU time the process and its live descendants have used so far, all
+    threads included: a server's master and its uvicorn workers together."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -110,7 +146,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serving(target: Target, env: dict[str, str]) -> Iterator[tuple[str, int]]:
+def serving(target: Target, env: dict[str, str], *, workers: int = 1) -> Iterator[tuple[str, int]]:
+    """Run the target under uvicorn with `workers` processes; yields its URL and the master's
+    pid (cpu_seconds and peak_rss_mib count its workers too)."""
     port = _free_port()
     command = [
         sys.executable,
@@ -122,7 +160,7 @@ def serving(target: Target, env: dict[str, str]) -> Iterator[tuple[str, int]]:
         "--port",
         str(port),
         "--workers",
-        "1",
+        str(workers),
         "--no-access-log",
         "--log-level",
         "warning",
@@ -251,49 +289,92 @@ def _ratios(rates: dict[str, float]) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.http", description=__doc__)
-    parser.add_argument("--events", type=int, default=100_000, help="database size to read")
-    parser.add_argument(
-        "--database-url", help="a bench.load database (default: sqlite:///bench/data/events-N.db)"
-    )
-    parser.add_argument("--seconds", type=int, default=5, help="measured seconds per turn")
-    parser.add_argument("--rounds", type=int, default=3, help="turns per target")
-    parser.add_argument("--connections", type=int, default=16)
-    args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        parser.error("wrk is not installed: apt-get install wrk")
+def _workers(count: int) -> str:
+    return f"{count} worker{'s' if count > 1 else ''}"
 
-    if args.database_url is None:
-        database = default_database_path(args.events)
-        manifest = read_manifest(database) or load(database, args.events, replace=True)
+
+def _label(name: str, workers: int) -> str:
+    return f"{name}, {_workers(workers)}"
+
+
+def _worker_counts(text: str) -> list[int]:
+    try:
+        counts = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not integers separated by commas: {text}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("at least one worker count, each >= 1")
+    return counts
+
+
+def _read_database(
+    parser: argparse.ArgumentParser, database_url: str | None, events: int
+) -> tuple[str, Manifest, str]:
+    """The gateway's URL of the bench.load database to read, its manifest and the bench
+    org's key; the default SQLite file is loaded when missing."""
+    if database_url is None:
+        database = default_database_path(events)
+        manifest = read_manifest(database) or load(database, events, replace=True)
+    elif is_postgres(database_url):
+        found = read_postgres_manifest(database_url)
+        if found is None:
+            parser.error(f"load it first: python -m bench.load --database-url {database_url}")
+        key = key_path(postgres_stand_in(database_url)).read_text().strip()
+        return database_url, found, key
     else:
-        database = sqlite_path(args.database_url)
+        database = sqlite_path(database_url)
         found = read_manifest(database)
         if found is None:
             parser.error(f"{database} is not a database made by bench.load")
         manifest = found
     key = key_path(database).read_text().strip()
+    return f"sqlite+aiosqlite:///{database}", manifest, key
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.http", description=__doc__)
+    parser.add_argument("--events", type=int, default=100_000, help="database size to read")
+    parser.add_argument(
+        "--database-url",
+        help="a bench.load database: SQLite (default: sqlite:///bench/data/events-N.db) or "
+        "PostgreSQL (postgresql+asyncpg://...)",
+    )
+    parser.add_argument("--seconds", type=int, default=5, help="measured seconds per turn")
+    parser.add_argument("--rounds", type=int, default=3, help="turns per target")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--workers",
+        type=_worker_counts,
+        default=[1],
+        help="comma-separated uvicorn worker counts, each target run at each (default 1)",
+    )
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed: apt-get install wrk")
+
+    database_url, manifest, key = _read_database(parser, args.database_url, args.events)
     env = {
         **os.environ,
-        "EVENTS_GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
-        "BENCH_DATABASE": str(database),
+        "EVENTS_GATEWAY_DATABASE_URL": database_url,
+        "BENCH_DATABASE_URL": database_url,
         "BENCH_ORG": manifest.org_id,
     }
+    dialect = "PostgreSQL" if is_postgres(database_url) else "SQLite"
     print(
-        f"{manifest.events:,} events, org {manifest.org_id!r} holds {manifest.org_events:,}; "
-        f"wrk -t1 -c{args.connections} -d{args.seconds}s per turn, {args.rounds} rounds, "
-        "uvicorn 1 worker"
+        f"{dialect}: {manifest.events:,} events, org {manifest.org_id!r} holds "
+        f"{manifest.org_events:,}; wrk -t1 -c{args.connections} -d{args.seconds}s per turn, "
+        f"{args.rounds} rounds, uvicorn {','.join(map(str, args.workers))} worker(s)"
     )
-    turns: dict[str, list[Result]] = {}
+    turns: dict[tuple[str, int], list[Result]] = {}
     with tempfile.TemporaryDirectory() as scratch, ExitStack() as servers:
         running = []
-        for number, target in enumerate(targets(manifest.org_id)):
-            base, pid = servers.enter_context(serving(target, env))
-            script = _wrk_script(target, key, Path(scratch) / f"target-{number}.lua")
-            running.append((target, base, pid, script))
+        for workers in args.workers:
+            for number, target in enumerate(targets(manifest.org_id)):
+                base, pid = servers.enter_context(serving(target, env, workers=workers))
+                script = Path(scratch) / f"target-{workers}-{number}.lua"
+                running.append((target, workers, base, pid, _wrk_script(target, key, script)))
         for _round in range(args.rounds):
-            for target, base, pid, script in running:
+            for target, workers, base, pid, script in running:
                 result = measure(
                     base + target.path,
                     script,
@@ -301,27 +382,43 @@ def main(argv: Sequence[str] | None = None) -> None:
                     seconds=args.seconds,
                     connections=args.connections,
                 )
-                turns.setdefault(target.name, []).append(
+                turns.setdefault((target.name, workers), []).append(
                     replace(result, peak_rss_mib=peak_rss_mib(pid))
                 )
-    results = {name: _median(taken) for name, taken in turns.items()}
-    ceiling = results[CEILING].requests_per_second
-    floor = results[FLOOR].requests_per_second
-    header = f"{'target':32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'/ceiling':>9} {'/floor':>7}"
+    results = {turn: _median(taken) for turn, taken in turns.items()}
+    width = max(32, *(len(_label(name, workers)) for name, workers in results))
+    header = (
+        f"{'target':{width}} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'/ceiling':>9} {'/floor':>7}"
+    )
     print(f"\n{header} {'CPU ms/req':>10} {'peak RSS MiB':>12} errors")
-    for name, result in results.items():
+    for (name, workers), result in results.items():
+        # Each server against the ceiling and the floor at its own worker count.
+        ceiling = results[(CEILING, workers)].requests_per_second
+        floor = results[(FLOOR, workers)].requests_per_second
         print(
-            f"{name:32} {result.requests_per_second:9.0f} {result.p50_ms:8.2f} "
-            f"{result.p99_ms:8.2f} {result.requests_per_second / ceiling:9.2f} "
+            f"{_label(name, workers):{width}} {result.requests_per_second:9.0f} "
+            f"{result.p50_ms:8.2f} {result.p99_ms:8.2f} "
+            f"{result.requests_per_second / ceiling:9.2f} "
             f"{result.requests_per_second / floor:7.2f} {result.cpu_ms_per_request:10.3f} "
             f"{result.peak_rss_mib:12.1f} {result.errors}"
         )
     print()
-    for number in range(args.rounds):
-        rates = {name: taken[number].requests_per_second for name, taken in turns.items()}
-        print(f"round {number + 1}: {_ratios(rates)}")
-    medians = {name: result.requests_per_second for name, result in results.items()}
-    print(f"medians: {_ratios(medians)} (targets: >= 0.60, >= 0.30, >= 3x)")
+    for workers in args.workers:
+        for number in range(args.rounds):
+            rates = {
+                name: taken[number].requests_per_second
+                for (name, count), taken in turns.items()
+                if count == workers
+            }
+            print(f"round {number + 1}, {_workers(workers)}: {_ratios(rates)}")
+        medians = {
+            name: result.requests_per_second
+            for (name, count), result in results.items()
+            if count == workers
+        }
+        print(
+            f"medians, {_workers(workers)}: {_ratios(medians)} (targets: >= 0.60, >= 0.30, >= 3x)"
+        )
 
 
 if __name__ == "__main__":

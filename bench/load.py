@@ -1,6 +1,6 @@
-"""Bulk-load a SQLite database with N realistic events for the read benchmarks.
+"""Bulk-load a SQLite (or PostgreSQL) database with N realistic events for the read benchmarks.
 
-    python -m bench.load --events 1000000
+    python -m bench.load --events 1000000 [--database-url postgresql+asyncpg://...]
 
 The schema (tables and indexes) comes from storage's own metadata. Logging millions of events
 through the gateway's async write path would take hours, so the loader draws the events with
@@ -10,6 +10,10 @@ from the same seed and tallies what `storage.events.log_events` records beside e
 container, the windows' zones and late events (storage/windows.py) and the count roll-ups
 (storage/counts.py), written to a side file that is copied in at the end. Every column holds
 exactly what log_events would store.
+
+On PostgreSQL (`--database-url postgresql+asyncpg://...`) the app's schema is dropped and
+created afresh, one process tallies the events, then draws them again and COPYs them in with
+asyncpg before building their indexes, and COPYs the tallied tables after them.
 """
 
 import argparse
@@ -22,17 +26,18 @@ import random
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 
+import asyncpg
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection, Index, Table, create_engine
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import SQLModel
@@ -108,6 +113,8 @@ ZONE_SPANS = (windows.MINUTE, windows.HOUR)
 
 IntArray = npt.NDArray[np.int64]
 ObjectArray = npt.NDArray[np.object_]
+# Turns microseconds since the epoch into a column of times; None: SQLite's text (time_texts).
+TimeFormat = Callable[[IntArray], ObjectArray] | None
 
 
 @dataclass(frozen=True)
@@ -306,6 +313,7 @@ class EventGenerator:
 
     def __init__(self, event_count: int, *, seed: int, end: datetime, dialect: Dialect) -> None:
         self.event_count = event_count
+        self.seed, self.end = seed, end
         self.rng = np.random.default_rng(seed)
         self.org_names = np.array(org_ids(), dtype=object)
         shares = org_shares()
@@ -369,15 +377,17 @@ class EventGenerator:
         ).astype(object)
         return Batch(start + 1, org, rank, kind, received_us, timestamp_us, actor, details)
 
-    def rows(self, batch: Batch) -> dict[str, ObjectArray]:
-        """The batch's events as the events table's columns, in the order of `COLUMNS`."""
+    def rows(self, batch: Batch, times: TimeFormat = None) -> dict[str, ObjectArray]:
+        """The batch's events as the events table's columns, in the order of `COLUMNS`, times
+        as `times` writes them (by default SQLite's text, `time_texts`)."""
+        times = times or time_texts
         return {
             "org_id": self.org_names[batch.org],
             "container_id": self.container_names[batch.rank],
             "event_type": self.type_names[batch.kind],
             "status": self.status_names[batch.kind],
-            "timestamp": time_texts(batch.timestamp_us),
-            "received_at": time_texts(batch.received_us),
+            "timestamp": times(batch.timestamp_us),
+            "received_at": times(batch.received_us),
             "actor": batch.actor,
             "details": batch.details,
         }
@@ -415,8 +425,9 @@ class Tallies:
     first arrival and latest timestamp, storage.windows' zones and late events, and
     storage.counts' finest roll-up."""
 
-    def __init__(self, generator: EventGenerator) -> None:
+    def __init__(self, generator: EventGenerator, times: TimeFormat = None) -> None:
         self.generator = generator
+        self.times = times or time_texts  # how the rows hold times (SQLite's text by default)
         orgs, ranks = len(generator.org_names), len(generator.container_names)
         self.events = np.zeros((orgs, ranks), dtype=np.int64)
         self.first_received = np.full((orgs, ranks), np.iinfo(np.int64).max)
@@ -491,8 +502,8 @@ class Tallies:
         return {
             "org_id": self.generator.org_names[org],
             "id": self.generator.container_names[rank],
-            "created_at": time_texts(self.first_received[org, rank]),
-            "last_event_at": time_texts(self.last_timestamp[org, rank]),
+            "created_at": self.times(self.first_received[org, rank]),
+            "last_event_at": self.times(self.last_timestamp[org, rank]),
         }
 
     def zone_rows(self) -> dict[str, ObjectArray]:
@@ -511,7 +522,7 @@ class Tallies:
         return {
             "org_id": self.generator.org_names[columns[0][order]],
             "span_seconds": columns[1][order].astype(object),
-            "start": time_texts(columns[2][order]),
+            "start": self.times(columns[2][order]),
             "min_id": np.concatenate(lowest_ids)[order].astype(object),
             "max_id": np.concatenate(highest_ids)[order].astype(object),
         }
@@ -524,7 +535,7 @@ class Tallies:
         return {
             "id": ids.astype(object),
             "org_id": self.generator.org_names[org],
-            "timestamp": time_texts(timestamp_us),
+            "timestamp": self.times(timestamp_us),
             "container_id": self.generator.container_names[rank],
             "event_type": self.generator.type_names[kind],
             "status": self.generator.status_names[kind],
@@ -591,8 +602,49 @@ def sqlite_path(database_url: str) -> Path:
     """The file behind a sqlite URL; other databases are refused."""
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite" or not url.database:
-        raise ValueError("bench.load loads SQLite files only: sqlite:///path/to/events.db")
+        raise ValueError("not a SQLite file: sqlite:///path/to/events.db")
     return Path(url.database)
+
+
+def is_postgres(database_url: str) -> bool:
+    return make_url(database_url).get_backend_name() == "postgresql"
+
+
+def postgres_stand_in(database_url: str) -> Path:
+    """Where a PostgreSQL database's manifest and key are kept (manifest_path and key_path of
+    this path): a name in bench/data/ made of the host, port and database, never a file."""
+    url = make_url(database_url)
+    parts = (url.host or "localhost", str(url.port or 5432), url.database or "")
+    return DATA_DIR / ("postgresql-" + "-".join(part.replace(".", "_") for part in parts) + ".pg")
+
+
+def read_postgres_manifest(database_url: str) -> Manifest | None:
+    """The manifest of a PostgreSQL database loaded by bench.load, or None when there is none
+    or the database no longer holds those events (a benchmark that writes may have dropped
+    the schema since)."""
+    path = manifest_path(postgres_stand_in(database_url))
+    if not path.exists():
+        return None
+    try:
+        manifest = Manifest(**json.loads(path.read_text()))
+    except TypeError:
+        return None
+
+    async def last_id() -> int | None:
+        connection = await asyncpg.connect(_dsn(database_url))
+        try:
+            return await connection.fetchval("SELECT max(id) FROM events")
+        except asyncpg.UndefinedTableError:
+            return None
+        finally:
+            await connection.close()
+
+    return manifest if asyncio.run(last_id()) == manifest.events else None
+
+
+def _dsn(database_url: str) -> str:
+    """asyncpg's form of a SQLAlchemy PostgreSQL URL."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def _create_schema_and_orgs(database: Database, orgs: Sequence[str]) -> str:
@@ -790,13 +842,23 @@ def load(
     end = datetime.now(UTC).replace(microsecond=0)
     generator = EventGenerator(event_count, seed=seed, end=end, dialect=database.engine.dialect)
     counts = _bulk_insert(partial, generator, seed=seed, end=end, analyze=analyze, quiet=quiet)
-    seconds = time.perf_counter() - started
+    manifest = _manifest(counts, event_count, seed, end, time.perf_counter() - started)
+    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    os.replace(partial, path)
+    _write_key_and_manifest(path, bench_key, manifest)
+    return manifest
 
+
+def _manifest(
+    counts: IntArray, event_count: int, seed: int, end: datetime, seconds: float
+) -> Manifest:
+    """The manifest of a load that took `seconds`, given the bench org's events per rank."""
     busy = int(np.argmax(counts))
     # The least-used container that exists: a page of it is a seek that finds only a few rows.
     used = np.flatnonzero(counts)
     tail = int(used[np.argmin(counts[used])])
-    manifest = Manifest(
+    return Manifest(
         events=event_count,
         seed=seed,
         load_seconds=round(seconds, 2),
@@ -811,16 +873,129 @@ def load(
         tail_container_events=int(counts[tail]),
         schema=schema_fingerprint(),
     )
-    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        stale.unlink(missing_ok=True)
-    os.replace(partial, path)
+
+
+def _write_key_and_manifest(path: Path, bench_key: str, manifest: Manifest) -> None:
     key_file = key_path(path)
     key_file.unlink(missing_ok=True)
     # The key lets bench/http.py call the gateway as the bench org; never printed.
     key_file.touch(mode=0o600)
     key_file.write_text(bench_key + "\n")
     manifest_path(path).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+
+
+# PostgreSQL's binary timestamps count microseconds from 2000-01-01 UTC.
+POSTGRES_EPOCH_US = 946_684_800 * SECOND_US
+
+
+def _micros(micros: IntArray) -> ObjectArray:
+    """Times as Python ints, for the loading connection's timestamptz codec."""
+    return micros.astype(object)
+
+
+async def _copy(
+    connection: asyncpg.Connection, table: Table, columns: Mapping[str, ObjectArray]
+) -> None:
+    await connection.copy_records_to_table(
+        table.name, records=zip(*columns.values(), strict=True), columns=list(columns)
+    )
+
+
+async def _load_postgres(
+    database_url: str, generator: EventGenerator, *, analyze: bool, quiet: bool
+) -> IntArray:
+    """COPY the events and what log_events records beside them into the schema just created;
+    returns the bench org's events per container rank."""
+    stage = time.perf_counter()
+    tallies = Tallies(generator, times=_micros)
+    for batch in generator.batches():
+        tallies.add(batch)
+    stage = _stage(quiet, "events tallied", stage)
+    # The same events again from a fresh generator of the same seed (cheaper than keeping them).
+    generator = EventGenerator(
+        generator.event_count, seed=generator.seed, end=generator.end, dialect=storage_dialect()
+    )
+    connection = await asyncpg.connect(_dsn(database_url))
+    try:
+        # Times cross as microseconds: no datetime object is made per value.
+        await connection.set_type_codec(
+            "timestamptz",
+            schema="pg_catalog",
+            encoder=lambda micros: (micros - POSTGRES_EPOCH_US,),
+            decoder=lambda value: value[0] + POSTGRES_EPOCH_US,
+            format="tuple",
+        )
+        # Each index is one sort: in memory rather than in runs spilled to disk (default 64 MB).
+        await connection.execute("SET maintenance_work_mem = '1GB'")
+        dialect = postgresql.dialect()
+        indexes = list(events.indexes)
+        async with connection.transaction():
+            # Filling the table and then building each index beats keeping them up to date.
+            for index in indexes:
+                await connection.execute(f"DROP INDEX {index.name}")
+            await _copy(connection, containers, tallies.container_rows())
+            with tqdm(
+                total=generator.event_count, unit="ev", unit_scale=True, disable=quiet
+            ) as progress:
+                for batch in generator.batches():
+                    rows = {"id": batch.ids.astype(object), **generator.rows(batch, _micros)}
+                    await _copy(connection, events, rows)
+                    progress.update(len(batch))
+            await connection.execute(
+                "SELECT setval(pg_get_serial_sequence('events', 'id'), $1)", generator.event_count
+            )
+            stage = _stage(quiet, "events copied", stage)
+            for index in indexes:
+                await connection.execute(str(CreateIndex(index).compile(dialect=dialect)))
+            stage = _stage(quiet, f"{len(indexes)} indexes built", stage)
+            await _copy(connection, event_zones, tallies.zone_rows())
+            await _copy(connection, late_events, tallies.late_rows())
+            for table, columns in tallies.roll_up_rows().items():
+                await _copy(connection, table, columns)
+            stage = _stage(quiet, "containers, zones, late events and counts copied", stage)
+        if analyze:
+            await connection.execute("ANALYZE")
+            _stage(quiet, "analyzed", stage)
+    finally:
+        await connection.close()
+    return tallies.bench_container_events()
+
+
+def load_postgres(
+    database_url: str,
+    event_count: int,
+    *,
+    seed: int = 1,
+    analyze: bool = True,
+    replace: bool = False,
+    quiet: bool = False,
+) -> Manifest:
+    """Drop the app's schema in a PostgreSQL database, create it afresh and load
+    `event_count` events as `load` would; returns the manifest, kept in bench/data/."""
+    stand_in = postgres_stand_in(database_url)
+    if manifest_path(stand_in).exists() and not replace:
+        raise FileExistsError(f"{database_url} was loaded before; pass --replace to load it again")
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    # A load that fails half-way leaves no manifest, so no benchmark takes it for a whole one.
+    manifest_path(stand_in).unlink(missing_ok=True)
+    started = time.perf_counter()
+    database = Database(database_url)
+    asyncio.run(_drop_schema(database))
+    database = Database(database_url)
+    bench_key = asyncio.run(_create_schema_and_orgs(database, org_ids()))
+    end = datetime.now(UTC).replace(microsecond=0)
+    generator = EventGenerator(event_count, seed=seed, end=end, dialect=storage_dialect())
+    counts = asyncio.run(_load_postgres(database_url, generator, analyze=analyze, quiet=quiet))
+    manifest = _manifest(counts, event_count, seed, end, time.perf_counter() - started)
+    _write_key_and_manifest(stand_in, bench_key, manifest)
     return manifest
+
+
+async def _drop_schema(database: Database) -> None:
+    try:
+        await database.drop_schema()
+    finally:
+        await database.dispose()
 
 
 def _event_count(text: str) -> int:
@@ -842,7 +1017,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--database-url",
-        help="sqlite:///path.db (default: sqlite:///bench/data/events-N.db)",
+        help="sqlite:///path.db (default: sqlite:///bench/data/events-N.db), or "
+        "postgresql+asyncpg://... whose schema is dropped and created afresh",
     )
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument("--replace", action="store_true", help="replace an existing database")
@@ -852,6 +1028,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="skip ANALYZE (to compare query plans without planner statistics)",
     )
     args = parser.parse_args(argv)
+    if args.database_url is not None and is_postgres(args.database_url):
+        try:
+            manifest = load_postgres(
+                args.database_url,
+                args.events,
+                seed=args.seed,
+                analyze=not args.no_analyze,
+                replace=args.replace,
+            )
+        except FileExistsError as error:
+            parser.error(str(error))
+        stand_in = postgres_stand_in(args.database_url)
+        print(
+            f"{manifest.events:,} events into {make_url(args.database_url).render_as_string()} "
+            f"in {manifest.load_seconds:.1f} s: {manifest.events_per_second:,} events/s"
+        )
+        print(
+            f"org {manifest.org_id!r}: {manifest.org_events:,} events; key in {key_path(stand_in)}"
+        )
+        return
     try:
         path = (
             default_database_path(args.events)

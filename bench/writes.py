@@ -1,19 +1,23 @@
 """Single-event POST throughput and latency, group commit against one transaction per request.
 
     python -m bench.writes [--seconds 5] [--rounds 3] [--connections 1,16,64]
+                           [--workers 1,2] [--postgres postgresql+asyncpg://...]
 
-Three servers run under uvicorn with one worker on 127.0.0.1: the gateway with group commit
-(the default), the gateway with EVENTS_GATEWAY_GROUP_COMMIT=0 (one transaction per request),
-each on its own new SQLite file with the gateway's settings (WAL, synchronous=FULL), and the
+The servers run under uvicorn on 127.0.0.1, with one worker or once per `--workers` count: the
+gateway with group commit (the default), the gateway with EVENTS_GATEWAY_GROUP_COMMIT=0 (one
+transaction per request), each on its own new SQLite file with the gateway's settings (WAL,
+synchronous=FULL) and, with `--postgres`, each again on that PostgreSQL database (whose schema
+is dropped and created afresh first; they share it, each writing as its own org), and the
 constant-JSON Starlette endpoint of bench/http_apps.py as the ceiling (a GET: it takes no
 body). wrk (Debian package `wrk`) POSTs one event per request to
 `/orgs/{org_id}/containers/{container_id}/events`, cycling over a list of containers, at each
 concurrency (wrk connections); every answer comes after its event is committed, so req/s is
 events/s durably stored. The targets take turns for several rounds, so a burst of noise on
 this shared machine lands on every target alike. Printed per concurrency: the median over
-rounds of req/s, p50 and p99 latency, the server's CPU ms per request, and the ratios to the
-ceiling and to one transaction per request; then each round's ratios, the headline ratios
-at the highest concurrency, and each database's event count against the 2xx answers wrk
+rounds of req/s, p50 and p99 latency, the server's CPU ms per request (its master and workers
+together), and the ratios to the ceiling and to one transaction per request on the same
+database, both at the same worker count; then each round's ratios, the headline ratios
+at the highest concurrency, and each target's event count against the 2xx answers wrk
 counted (every acknowledged POST must be stored). Non-2xx answers and socket errors are
 counted and printed; a run with any says so loudly, with the first error's status and body.
 Figures only; nothing asserts a time.
@@ -35,8 +39,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sqlalchemy import func, select
+
 from bench.http import Target, cpu_seconds, read_wrk, serving
 from bench.ingest import create_database
+from storage.database import Database, normalize_url
+from storage.models import events
+from storage.orgs import create_org
 
 ORG_ID = "writes"
 CONTAINERS = 50
@@ -57,11 +66,21 @@ SINGLE = "gateway, one tx per request"
 
 @dataclass(frozen=True)
 class Subject:
-    """A target, with its database (None for the ceiling) and its settings."""
+    """A target at one worker count: its kind (CEILING, GROUP or SINGLE), where it writes
+    (SQLite file, or the org it writes as in PostgreSQL; None for the ceiling), its settings
+    and its API key."""
 
     target: Target
-    database: Path | None
+    kind: str
+    database: str  # "SQLite", "PostgreSQL" or "" for the ceiling
+    workers: int
     env: dict[str, str]
+    key: str = ""
+    sqlite_file: Path | None = None
+
+    @property
+    def writes(self) -> bool:
+        return self.kind != CEILING
 
 
 @dataclass(frozen=True)
@@ -91,13 +110,15 @@ def _lua(value: str) -> str:
     return json.dumps(value)
 
 
-def _post_script(key: str, script: Path, *, capture_errors: bool = False) -> Path:
+def _post_script(
+    key: str, script: Path, *, org_id: str = ORG_ID, capture_errors: bool = False
+) -> Path:
     """POST one event per request, cycling over the containers; requests are built once.
 
     With capture_errors, the first answer with status >= 400 in each thread is printed at the
     end as `FIRST-ERROR status body` (a `response` callback costs wrk time, so it is kept out
     of the measured runs)."""
-    paths = [f"/orgs/{ORG_ID}/containers/vault-{number:03d}/events" for number in range(CONTAINERS)]
+    paths = [f"/orgs/{org_id}/containers/vault-{number:03d}/events" for number in range(CONTAINERS)]
     lines = [
         'wrk.method = "POST"',
         f"wrk.body = {_lua(json.dumps(EVENT))}",
@@ -172,28 +193,93 @@ def _median(runs: Sequence[Run]) -> Run:
     )
 
 
-def _stored(path: Path) -> int:
+def _label(kind: str, database: str, workers: int) -> str:
+    """A target's name: what it is, on which database, with how many uvicorn workers."""
+    on = f", {database}" if database else ""
+    return f"{kind}{on}, {workers} worker{'s' if workers > 1 else ''}"
+
+
+def _org(kind: str, workers: int) -> str:
+    """The org a PostgreSQL target writes as: its targets share the database, not an org."""
+    return f"{ORG_ID}-{'group' if kind == GROUP else 'one-tx'}-{workers}"
+
+
+async def _fresh_postgres(url: str, orgs: Sequence[str]) -> dict[str, str]:
+    """Drop and create the app's schema in the PostgreSQL database, with the orgs; their keys."""
+    database = Database(url)
+    try:
+        await database.drop_schema()
+        await database.create_schema()
+        keys = {}
+        for org_id in orgs:
+            async with database.session() as session:
+                _row, keys[org_id] = await create_org(session, org_id=org_id)
+        return keys
+    finally:
+        await database.dispose()
+
+
+async def _stored_postgres(url: str, orgs: Sequence[str]) -> dict[str, int]:
+    database = Database(url)
+    try:
+        async with database.session() as session:
+            query = select(events.c.org_id, func.count()).group_by(events.c.org_id)
+            counted = {org_id: count for org_id, count in (await session.execute(query)).all()}
+        return {org_id: int(counted.get(org_id, 0)) for org_id in orgs}
+    finally:
+        await database.dispose()
+
+
+def _stored_sqlite(path: Path) -> int:
     with sqlite3.connect(path) as connection:
         return int(connection.execute("SELECT count(*) FROM events").fetchone()[0])
 
 
-def _subjects(scratch: Path) -> tuple[list[Subject], dict[str, str]]:
-    """The three targets, each gateway on a new database; and each target's API key."""
+def _subjects(scratch: Path, workers: Sequence[int], postgres: str | None) -> list[Subject]:
+    """Per worker count: the ceiling, and the gateway with group commit and with one tx per
+    request on a new SQLite file each and, given a URL, as its own org in a PostgreSQL database
+    whose schema is dropped and created afresh here."""
     path = f"/orgs/{ORG_ID}/containers/vault-000/events"  # wrk's URL; the script sets paths
-    subjects = [Subject(Target(CEILING, "bench.http_apps:ceiling", False, "/"), None, {})]
-    keys = {CEILING: ""}
-    for name, group_commit in ((GROUP, "1"), (SINGLE, "0")):
-        directory = scratch / ("group-commit" if group_commit == "1" else "one-tx")
-        directory.mkdir()
-        database = directory / "events.db"
-        keys[name] = asyncio.run(create_database(database, ORG_ID))
-        env = {
-            "EVENTS_GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
-            "EVENTS_GATEWAY_GROUP_COMMIT": group_commit,
-        }
-        target = Target(name, "gateway.app:create_app", True, path, authenticated=True)
-        subjects.append(Subject(target, database, env))
-    return subjects, keys
+    modes = ((GROUP, "1"), (SINGLE, "0"))
+    postgres_keys = {}
+    if postgres is not None:
+        orgs = [_org(kind, count) for count in workers for kind, _ in modes]
+        postgres_keys = asyncio.run(_fresh_postgres(postgres, orgs))
+    subjects = []
+    for count in workers:
+        name = _label(CEILING, "", count)
+        ceiling = Target(name, "bench.http_apps:ceiling", False, "/")
+        subjects.append(Subject(ceiling, CEILING, "", count, {}))
+        for kind, group_commit in modes:
+            directory = scratch / f"{'group-commit' if group_commit == '1' else 'one-tx'}-{count}"
+            directory.mkdir()
+            database = directory / "events.db"
+            key = asyncio.run(create_database(database, ORG_ID))
+            env = {
+                "EVENTS_GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+                "EVENTS_GATEWAY_GROUP_COMMIT": group_commit,
+            }
+            name = _label(kind, "SQLite", count)
+            target = Target(name, "gateway.app:create_app", True, path, authenticated=True)
+            subjects.append(Subject(target, kind, "SQLite", count, env, key, database))
+        if postgres is None:
+            continue
+        for kind, group_commit in modes:
+            org_id = _org(kind, count)
+            env = {
+                "EVENTS_GATEWAY_DATABASE_URL": postgres,
+                "EVENTS_GATEWAY_GROUP_COMMIT": group_commit,
+            }
+            name = _label(kind, "PostgreSQL", count)
+            target = Target(
+                name,
+                "gateway.app:create_app",
+                True,
+                path.replace(ORG_ID, org_id, 1),
+                authenticated=True,
+            )
+            subjects.append(Subject(target, kind, "PostgreSQL", count, env, postgres_keys[org_id]))
+    return subjects
 
 
 def _loud(message: str) -> None:
@@ -204,12 +290,32 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else float("nan")
 
 
+def _counts(text: str, what: str) -> list[int]:
+    """Comma-separated whole numbers, each >= 1."""
+    try:
+        counts = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be integers separated by commas: {text}") from None
+    if not counts or min(counts) < 1:
+        raise ValueError(f"{what} needs at least one number, each >= 1")
+    return counts
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.writes", description=__doc__)
     parser.add_argument("--seconds", type=int, default=5, help="measured seconds per turn")
     parser.add_argument("--rounds", type=int, default=3, help="turns per target")
     parser.add_argument(
         "--connections", default="1,16,64", help="comma-separated wrk concurrencies"
+    )
+    parser.add_argument(
+        "--workers", default="1", help="comma-separated uvicorn worker counts (default 1)"
+    )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="also run the gateway targets on this PostgreSQL database "
+        "(postgresql+asyncpg://...); its schema is DROPPED and created afresh",
     )
     parser.add_argument(
         "--directory", help="where the new databases go (default: a new temporary directory)"
@@ -220,11 +326,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed: apt-get install wrk")
     try:
-        concurrencies = [int(item) for item in args.connections.split(",") if item.strip()]
-    except ValueError:
-        parser.error(f"--connections must be integers separated by commas: {args.connections}")
-    if not concurrencies or min(concurrencies) < 1:
-        parser.error("--connections needs at least one concurrency, each >= 1")
+        concurrencies = _counts(args.connections, "--connections")
+        worker_counts = _counts(args.workers, "--workers")
+        if args.postgres is not None and not normalize_url(args.postgres).startswith("postgresql"):
+            raise ValueError(f"--postgres needs a postgresql URL, not {args.postgres}")
+    except ValueError as error:
+        parser.error(str(error))
 
     turns: dict[tuple[str, int], list[Run]] = {}
     acknowledged: dict[str, int] = {}  # 2xx answers wrk counted, warm-ups and probes included
@@ -233,25 +340,32 @@ def main(argv: Sequence[str] | None = None) -> None:
         tempfile.TemporaryDirectory(dir=args.directory, prefix="bench-writes-") as scratch,
         ExitStack() as servers,
     ):
-        subjects, keys = _subjects(Path(scratch))
+        subjects = _subjects(Path(scratch), worker_counts, args.postgres)
+        on_postgres = "" if args.postgres is None else " and one fresh PostgreSQL schema"
         print(
-            f"single-event POSTs over {CONTAINERS} containers, one org; new SQLite files in "
-            f"{scratch}; wrk -t1 -c{{{args.connections}}} -d{args.seconds}s "
-            f"(after a {WARM_UP_SECONDS}s warm-up) per turn, {args.rounds} rounds, "
-            "uvicorn 1 worker",
+            f"single-event POSTs over {CONTAINERS} containers, one org per target; new SQLite "
+            f"files in {scratch}{on_postgres}; wrk -t1 -c{{{args.connections}}} "
+            f"-d{args.seconds}s (after a {WARM_UP_SECONDS}s warm-up) per turn, {args.rounds} "
+            f"rounds, uvicorn {{{args.workers}}} worker(s)",
             flush=True,
         )
         running = []
         for number, subject in enumerate(subjects):
             env = {**os.environ, **subject.env}
-            base, pid = servers.enter_context(serving(subject.target, env))
+            base, pid = servers.enter_context(serving(subject.target, env, workers=subject.workers))
             name = subject.target.name
             script = None
             probe = None
-            if subject.database is not None:
-                script = _post_script(keys[name], Path(scratch) / f"target-{number}.lua")
+            if subject.writes:
+                org_id = subject.target.path.split("/")[2]
+                script = _post_script(
+                    subject.key, Path(scratch) / f"target-{number}.lua", org_id=org_id
+                )
                 probe = _post_script(
-                    keys[name], Path(scratch) / f"probe-{number}.lua", capture_errors=True
+                    subject.key,
+                    Path(scratch) / f"probe-{number}.lua",
+                    org_id=org_id,
+                    capture_errors=True,
                 )
             running.append((subject, base + subject.target.path, pid, script, probe))
             acknowledged[name] = 0
@@ -285,52 +399,78 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"round {round_number} of {args.rounds} done", file=sys.stderr, flush=True)
         servers.close()  # stop the servers before counting what they stored
         stored = {
-            subject.target.name: _stored(subject.database)
+            subject.target.name: _stored_sqlite(subject.sqlite_file)
             for subject in subjects
-            if subject.database is not None
+            if subject.sqlite_file is not None
         }
+        if args.postgres is not None:
+            orgs = {
+                _org(s.kind, s.workers): s.target.name
+                for s in subjects
+                if s.writes and s.database == "PostgreSQL"
+            }
+            counted = asyncio.run(_stored_postgres(args.postgres, list(orgs)))
+            stored.update({orgs[org_id]: count for org_id, count in counted.items()})
 
     names = [subject.target.name for subject in subjects]
+    width = max(30, *(len(name) for name in names))
+    # What each target is compared with: the ceiling at its worker count, and one tx per
+    # request on its database at its worker count (the ceiling: on SQLite).
+    ceiling_of = {s.target.name: _label(CEILING, "", s.workers) for s in subjects}
+    single_of = {s.target.name: _label(SINGLE, s.database or "SQLite", s.workers) for s in subjects}
+    pairs = [  # (group commit, ceiling, one tx per request) per database and worker count
+        (s.target.name, ceiling_of[s.target.name], single_of[s.target.name])
+        for s in subjects
+        if s.kind == GROUP
+    ]
     results = {turn: _median(runs) for turn, runs in turns.items()}
     header = (
-        f"{'target':30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10} "
+        f"{'target':{width}} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10} "
         f"{'/ceiling':>9} {'/one-tx':>8} {'errors':>7}"
     )
     for connections in concurrencies:
-        ceiling = results[(CEILING, connections)].requests_per_second
-        single = results[(SINGLE, connections)].requests_per_second
         print(f"\nconcurrency {connections} (medians of {args.rounds} rounds; req/s = events/s)")
         print(header)
         for name in names:
             result = results[(name, connections)]
+            ceiling_rate = results[(ceiling_of[name], connections)].requests_per_second
+            single_rate = results[(single_of[name], connections)].requests_per_second
             print(
-                f"{name:30} {result.requests_per_second:9.0f} {result.p50_ms:8.2f} "
+                f"{name:{width}} {result.requests_per_second:9.0f} {result.p50_ms:8.2f} "
                 f"{result.p99_ms:8.2f} {result.cpu_ms_per_request:10.3f} "
-                f"{_ratio(result.requests_per_second, ceiling):9.2f} "
-                f"{_ratio(result.requests_per_second, single):8.2f} {result.errors:7d}"
+                f"{_ratio(result.requests_per_second, ceiling_rate):9.2f} "
+                f"{_ratio(result.requests_per_second, single_rate):8.2f} {result.errors:7d}"
             )
 
     print()
     for number in range(args.rounds):
-        cells = []
-        for connections in concurrencies:
-            rates = {name: turns[(name, connections)][number].requests_per_second for name in names}
-            cells.append(
-                f"c={connections} group/ceiling {_ratio(rates[GROUP], rates[CEILING]):.2f}, "
-                f"group/one-tx {_ratio(rates[GROUP], rates[SINGLE]):.2f}"
-            )
-        print(f"round {number + 1}: " + "; ".join(cells))
+        for group_name, ceiling_name, single_name in pairs:
+            cells = []
+            for connections in concurrencies:
+                group, ceiling, single = (
+                    turns[(name, connections)][number].requests_per_second
+                    for name in (group_name, ceiling_name, single_name)
+                )
+                cells.append(
+                    f"c={connections} group/ceiling {_ratio(group, ceiling):.2f}, "
+                    f"group/one-tx {_ratio(group, single):.2f}"
+                )
+            print(f"round {number + 1}, {group_name}: " + "; ".join(cells))
 
     top = max(concurrencies)
-    group = results[(GROUP, top)]
-    print(
-        f"\nat c={top}: group commit / ceiling "
-        f"{_ratio(group.requests_per_second, results[(CEILING, top)].requests_per_second):.2f}"
-        " (target >= 0.30); group commit / one-tx-per-request "
-        f"{_ratio(group.requests_per_second, results[(SINGLE, top)].requests_per_second):.2f}x"
-        f" (target >= 3x); group commit p99 {group.p99_ms:.1f} ms (target < 50 ms)"
-        + ("" if top == 64 else "  [the targets are stated for c=64]")
-    )
+    print()
+    for group_name, ceiling_name, single_name in pairs:
+        top_group = results[(group_name, top)]
+        top_ceiling = results[(ceiling_name, top)].requests_per_second
+        top_single = results[(single_name, top)].requests_per_second
+        print(
+            f"at c={top}, {group_name}: / ceiling "
+            f"{_ratio(top_group.requests_per_second, top_ceiling):.2f}"
+            " (target >= 0.30); / one-tx-per-request "
+            f"{_ratio(top_group.requests_per_second, top_single):.2f}x"
+            f" (target >= 3x); p99 {top_group.p99_ms:.1f} ms (target < 50 ms)"
+            + ("" if top == 64 else "  [the targets are stated for c=64]")
+        )
 
     print()
     lost = False
@@ -338,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         verdict = "ok" if count >= acknowledged[name] else "MISSING EVENTS"
         lost = lost or count < acknowledged[name]
         print(
-            f"{name:30} {count:9,} events stored >= {acknowledged[name]:9,} 2xx answers "
+            f"{name:{width}} {count:9,} events stored >= {acknowledged[name]:9,} 2xx answers "
             f"(warm-ups included): {verdict}"
         )
     if failures or lost:

@@ -1,18 +1,31 @@
 """bench.load writes what the gateway's own write path would: containers, the windows' zones and
-late events, and the count roll-ups, for the events it loads."""
+late events, and the count roll-ups, for the events it loads (into SQLite, and into PostgreSQL
+when EVENTS_GATEWAY_TEST_POSTGRES_URL is set)."""
 
+import asyncio
+import os
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 import bench.load
-from bench.load import EventGenerator, Manifest, load, storage_dialect
+from bench.load import (
+    EventGenerator,
+    Manifest,
+    load,
+    load_postgres,
+    read_postgres_manifest,
+    storage_dialect,
+)
 from storage.counts import FINEST, ROLL_UPS, hour_of, key_columns, roll_up
 from storage.windows import HOUR, MINUTE, is_late, zone_start
+from tests.conftest import POSTGRES_URL_VARIABLE
 
 # Not a multiple of the batch size nor of the rows per statement: the last batch and the last
 # statement are short ones.
@@ -140,3 +153,57 @@ def test_a_seed_draws_the_same_events_every_time() -> None:
 
     assert drawn(7) == drawn(7)
     assert drawn(7) != drawn(8)
+
+
+@pytest.fixture(scope="module")
+def postgres_loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Manifest]]:
+    url = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not url:
+        pytest.skip(f"PostgreSQL not configured: set {POSTGRES_URL_VARIABLE}")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bench.load, "DATA_DIR", tmp_path_factory.mktemp("data"))
+        patch.setattr(bench.load, "BATCH_SIZE", 700)
+        manifest = load_postgres(url, EVENTS, seed=3, quiet=True)
+        yield url, manifest
+
+
+async def _fetch_values(url: str, queries: Sequence[str]) -> list[object]:
+    connection = await asyncpg.connect(
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        return [await connection.fetchval(query) for query in queries]
+    finally:
+        await connection.close()
+
+
+def test_postgres_is_loaded_with_the_events_and_what_storage_records_beside_them(
+    postgres_loaded: tuple[str, Manifest],
+) -> None:
+    url, manifest = postgres_loaded
+    containers_as_stored = (
+        "SELECT count(*) FROM containers c JOIN (SELECT org_id, container_id,"
+        " min(received_at) AS first, max(timestamp) AS last FROM events GROUP BY 1, 2) e"
+        " ON c.org_id = e.org_id AND c.id = e.container_id"
+        " WHERE c.created_at = e.first AND c.last_event_at = e.last"
+    )
+    values = asyncio.run(
+        _fetch_values(
+            url,
+            [
+                "SELECT count(*) FROM events",
+                "SELECT max(id) FROM events",
+                "SELECT sum(event_count) FROM event_counts_by_org",
+                "SELECT count(*) FROM containers",
+                containers_as_stored,
+                f"SELECT count(*) FROM events WHERE org_id = '{manifest.org_id}'",
+                "SELECT nextval(pg_get_serial_sequence('events', 'id'))",
+            ],
+        )
+    )
+    events, last_id, counted, containers, as_stored, org_events, next_id = values
+    assert (events, last_id, counted) == (EVENTS, EVENTS, EVENTS)
+    assert containers == as_stored
+    assert org_events == manifest.org_events
+    assert next_id == EVENTS + 1
+    assert read_postgres_manifest(url) == manifest
