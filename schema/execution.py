@@ -2,10 +2,11 @@
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 from weakref import WeakKeyDictionary
 
 from graphql import (
+    Executor,
     GraphQLField,
     GraphQLLeafType,
     GraphQLList,
@@ -68,6 +69,16 @@ class GatewayExecutor(StrawberryGraphQLCoreExecutionContext):
         # Keyed by the id of a grouped field set, which graphql-core builds once per selection
         # and reuses for every item of a list; the set is kept so its id stays unique.
         self._plans: dict[int, tuple[GroupedFieldSet, SelectionPlan]] = {}
+
+    def build_per_event_executor(self, payload: Any) -> Executor:
+        # A subscription collects each event's fields afresh, so caches keyed by the identity
+        # of collected fields never hit across events. Shared with the subscription's executor
+        # (graphql-core copies it shallowly), ours and graphql-core's own memo of collected
+        # subfields would keep every event's field sets for as long as the subscription runs.
+        executor = cast(GatewayExecutor, super().build_per_event_executor(payload))
+        executor._plans = {}
+        executor._relevant_sub_fields = {}
+        return executor
 
     def execute_fields(
         self,

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 5.0
 RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 FOLLOW_PAGE_SIZE = 500
+# Events a subscriber sends before it lets the rest of the process take a turn.
+TURN_EVENTS = 20
 # A subscriber that has not caught up while this many of its org's events were committed is
 # ended (SUBSCRIBER_TOO_SLOW). Ten full batches: a burst of batch ingest does not end a
 # subscriber that keeps up, since it catches up between batches.
@@ -232,9 +234,13 @@ async def follow_events(
                 container_id=container_id,
                 page=Page(limit=FOLLOW_PAGE_SIZE, after_id=after_id, order=Order.ASC),
             )
-        for row in found.rows:
+        for count, row in enumerate(found.rows, 1):
             yield row
             after_id = row["id"]
+            if count % TURN_EVENTS == 0:
+                # Sending an event rarely waits, so a subscriber with a backlog would hold the
+                # event loop for a whole page, and every request and subscriber behind it.
+                await asyncio.sleep(0)
         if found.next_cursor is None:
             # Everything committed before `seen` was counted is now read.
             caught_up_at = seen

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager, closing, contextmanager
 from dataclasses import dataclass
@@ -152,6 +153,37 @@ async def test_each_commit_wakes_the_orgs_subscribers_and_only_theirs(db: Databa
             await asyncio.wait_for(other.wait(), 0.3)
         assert acme.published() == 2
         assert other.published() == 0
+
+
+async def test_a_long_subscription_does_not_keep_what_each_event_allocated(db: Database):
+    if db.dialect != "sqlite":
+        pytest.skip("what is measured is the schema's execution, the same on both databases")
+    await make_org(db, "acme")
+    await db.writer.log("acme", [("c1", new_event()) for _ in range(3_000)])
+    context = LiveContext(db=db, org_id="acme", broker=Broker(poll_seconds=60))
+    results = await build_schema().subscribe(
+        SUBSCRIPTION,
+        variable_values={"orgId": "acme", "after": event_cursor(0)},
+        context_value=context,
+    )
+    assert isinstance(results, AsyncGenerator)
+    received = 0
+    tracemalloc.start()
+    try:
+        async with aclosing(results):
+            async for result in results:
+                assert not result.errors, result.errors
+                received += 1
+                if received == 500:  # one page of the stream read, a second started
+                    before, _peak = tracemalloc.get_traced_memory()
+                if received == 2_500:
+                    after, _peak = tracemalloc.get_traced_memory()
+                    break
+    finally:
+        tracemalloc.stop()
+
+    # Kept per event, 2,000 events of a few KB each would be several MB.
+    assert after - before < 1_000_000, f"{(after - before) / 2_000:.0f} bytes kept per event"
 
 
 async def test_the_listener_reconnects_and_wakes_everyone_when_its_connection_drops(
