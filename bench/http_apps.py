@@ -33,7 +33,7 @@ from strawberry.asgi import GraphQL
 from strawberry.scalars import JSON
 
 from storage.domain import Order
-from storage.driver import compile_query
+from storage.driver import asyncpg_dsn, compile_query
 from storage.events import PageShape
 from storage.models import Event as EventModel
 from storage.models import events
@@ -74,10 +74,7 @@ async def _fetch(parameters: list[Any]) -> list[Any]:
             if DIALECT == "sqlite" and _connection is None:
                 _connection = await aiosqlite.connect(DATABASE_URL.database or "")
             elif DIALECT != "sqlite" and _pool is None:
-                dsn = DATABASE_URL.set(drivername="postgresql")
-                _pool = await asyncpg.create_pool(
-                    dsn.render_as_string(hide_password=False), min_size=2, max_size=2
-                )
+                _pool = await asyncpg.create_pool(asyncpg_dsn(DATABASE_URL), min_size=2, max_size=2)
     if _pool is not None:
         async with _pool.acquire() as connection:
             return list(await connection.fetch(_PAGE.sql, *parameters))

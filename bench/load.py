@@ -47,6 +47,7 @@ from storage import windows
 from storage.counts import DAY_HOURS, DAY_STEP, FINEST, ROLL_UPS, hour_of, key_columns
 from storage.database import Database
 from storage.domain import EventStatus, EventType
+from storage.driver import asyncpg_dsn
 from storage.models import (
     containers,
     event_zones,
@@ -644,7 +645,7 @@ def read_postgres_manifest(database_url: str) -> Manifest | None:
 
 def _dsn(database_url: str) -> str:
     """asyncpg's form of a SQLAlchemy PostgreSQL URL."""
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return asyncpg_dsn(make_url(database_url))
 
 
 async def _create_schema_and_orgs(database: Database, orgs: Sequence[str]) -> str:

@@ -22,6 +22,7 @@ import asyncpg
 
 from storage.database import Database
 from storage.domain import EventFilter, Order
+from storage.driver import asyncpg_dsn
 from storage.events import EventRecord, Page, list_events
 from storage.notifications import CHANNEL, InvalidNotice, decode_committed
 
@@ -85,8 +86,8 @@ class Broker:
             if not members and self._subscribers.get(org_id) is members:
                 del self._subscribers[org_id]
 
-    def publish(self, org_id: str, last_id: int, count: int = 1) -> None:
-        """The org's events up to `last_id` are committed, `count` of them new."""
+    def publish(self, org_id: str, count: int) -> None:
+        """`count` new events of the org are committed."""
         self._published[org_id] = self._published.get(org_id, 0) + count
         for subscriber in self._subscribers.get(org_id, ()):
             subscriber.wake()
@@ -94,7 +95,7 @@ class Broker:
     def publish_rows(self, org_id: str, rows: list[EventRecord]) -> None:
         """The writer's commit hook: these rows of the org are committed."""
         if rows:
-            self.publish(org_id, rows[-1]["id"], len(rows))
+            self.publish(org_id, len(rows))
 
     def published(self, org_id: str) -> int:
         return self._published.get(org_id, 0)
@@ -159,14 +160,7 @@ class Listener:
         except InvalidNotice:
             logger.warning("ignoring a malformed commit notice")
             return
-        self._broker.publish(
-            committed.org_id, committed.last_id, committed.last_id - committed.first_id + 1
-        )
-
-
-def _asyncpg_dsn(db: Database) -> str:
-    url = db.engine.url.set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
+        self._broker.publish(committed.org_id, committed.last_id - committed.first_id + 1)
 
 
 @asynccontextmanager
@@ -182,7 +176,7 @@ async def fan_out(db: Database, broker: Broker) -> AsyncIterator[None]:
         return
     # Every process's commits arrive as notices, this one's included: the writer's own
     # announcements would only wake subscribers twice.
-    listener = Listener(_asyncpg_dsn(db), broker)
+    listener = Listener(asyncpg_dsn(db.engine.url), broker)
     listener.start()
     try:
         yield

@@ -210,13 +210,18 @@ def _dump_json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def asyncpg_dsn(url: URL) -> str:
+    """The DSN asyncpg takes for a SQLAlchemy PostgreSQL URL (its password kept)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 class PostgresReaderPool:
     """An asyncpg pool; asyncpg also prepares each statement once per connection."""
 
     def __init__(self, url: URL, dialect: Dialect, *, size: int) -> None:
         self._dialect = dialect
         self._cache: dict[Hashable, CompiledQuery] = {}
-        self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._dsn = asyncpg_dsn(url)
         self._size = size
         self._pool: asyncpg.Pool | None = None
 

@@ -122,8 +122,7 @@ class EventWriter:
         if not self.group_commit:
             async with self._sessions() as session:
                 [rows] = await self._write(session, [write])
-            for announce in self.on_commit:
-                announce(write.org_id, rows)
+            self._announce(write, rows)
             return rows
         self._queue.append(write)
         if self._task is None:
@@ -184,13 +183,16 @@ class EventWriter:
                     write.fail(error)
                     continue
                 write.answer(rows)
-                for announce in self.on_commit:
-                    announce(write.org_id, rows)
+                self._announce(write, rows)
             return
         for write, rows in zip(group, stored, strict=True):
             write.answer(rows)
-            for announce in self.on_commit:
-                announce(write.org_id, rows)
+            self._announce(write, rows)
+
+    def _announce(self, write: _Write, rows: list[EventRecord]) -> None:
+        """Tell the commit hooks (storage.broker) that a write's rows are committed."""
+        for announce in self.on_commit:
+            announce(write.org_id, rows)
 
 
 async def _store_group(
