@@ -114,7 +114,7 @@ async def _live_events(
 ) -> AsyncGenerator[EventRecord, None]:
     """The org's events after `after_id` (or from now), then live."""
     # Registered before the first read: a commit landing between the two still wakes it.
-    async with context.broker.subscribe(org_id) as subscriber:
+    async with context.broker.follow(context.db, org_id, container_id) as subscriber:
         if after_id is None:
             after_id = await newest_event_id(context.db, org_id)
         events = follow_events(

@@ -2,8 +2,13 @@
 
 A notice only says "org X has new committed events, up to id M"; it carries no rows. Each
 subscriber keeps the id of the last event it delivered and, when woken, reads what follows
-it from the database. Replay and live delivery are then one code path, a lost or repeated
-notice costs a read and never an event, and a burst of commits coalesces into one wake-up.
+it. Replay and live delivery are then one code path, a lost or repeated notice costs a read
+and never an event, and a burst of commits coalesces into one wake-up.
+
+What follows it is read once per process, not once per subscriber: an org's subscribers
+share a Tail, which reads the org's new events after each notice, keeps the newest in
+memory and then wakes them. A subscriber behind what the tail holds (a replay from an old
+cursor, or one that fell behind) reads the database itself until it reaches the tail.
 
 On SQLite (one process writes the file) the event writer announces each commit. On
 PostgreSQL every inserting transaction sends a notice (storage.notifications) that all
@@ -14,7 +19,8 @@ sent meanwhile are gone.
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from bisect import bisect_right
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -23,7 +29,7 @@ import asyncpg
 from storage.database import Database
 from storage.domain import EventFilter, Order
 from storage.driver import asyncpg_dsn
-from storage.events import EventRecord, Page, list_events
+from storage.events import EventRecord, Page, event_matches, list_events
 from storage.notifications import CHANNEL, InvalidNotice, decode_committed
 
 logger = logging.getLogger(__name__)
@@ -39,16 +45,27 @@ TURN_EVENTS = 20
 # ended (SUBSCRIBER_TOO_SLOW). Ten full batches: a burst of batch ingest does not end a
 # subscriber that keeps up, since it catches up between batches.
 MAX_LAG = 100_000
+# The newest events of an org a tail keeps in memory (it trims back to this at twice as many).
+TAIL_EVENTS = 10_000
+RETRY_SECONDS = 1.0  # after a tail's read failed
 
 
 class Subscriber:
     """One subscription's wake-up flag; many notices before it runs are one wake-up."""
 
-    def __init__(self, broker: "Broker", org_id: str) -> None:
+    def __init__(
+        self,
+        broker: "Broker",
+        org_id: str,
+        tail: "Tail | None" = None,
+        container_id: str | None = None,
+    ) -> None:
         self.org_id = org_id
         self._broker = broker
         self._woken = asyncio.Event()
         self.max_lag = broker.max_lag
+        self.tail = tail  # woken by it, after it has read what was committed
+        self.container_id = container_id  # None: any of the org's events wakes it
 
     def wake(self) -> None:
         self._woken.set()
@@ -72,6 +89,7 @@ class Broker:
         self.poll_seconds = poll_seconds
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._published: dict[str, int] = {}
+        self._tails: dict[str, Tail] = {}
 
     @asynccontextmanager
     async def subscribe(self, org_id: str) -> AsyncIterator[Subscriber]:
@@ -85,6 +103,27 @@ class Broker:
             members.discard(subscriber)
             if not members and self._subscribers.get(org_id) is members:
                 del self._subscribers[org_id]
+
+    @asynccontextmanager
+    async def follow(
+        self, db: Database, org_id: str, container_id: str | None = None
+    ) -> AsyncIterator[Subscriber]:
+        """A subscriber woken by the org's tail (started for the first, stopped after the
+        last), which holds the org's newest events for it to read; with a container, only
+        that container's events wake it."""
+        tail = self._tails.get(org_id)
+        if tail is None:
+            tail = self._tails[org_id] = Tail(db, self, org_id)
+            tail.start()
+        subscriber = Subscriber(self, org_id, tail, container_id)
+        tail.add(subscriber)
+        try:
+            yield subscriber
+        finally:
+            tail.discard(subscriber)
+            if not tail.followers and self._tails.get(org_id) is tail:
+                del self._tails[org_id]
+                await tail.stop()
 
     def publish(self, org_id: str, count: int) -> None:
         """`count` new events of the org are committed."""
@@ -104,6 +143,116 @@ class Broker:
         for members in self._subscribers.values():
             for subscriber in members:
                 subscriber.wake()
+
+
+class Tail:
+    """An org's newest committed events, read from the database once per wake-up for all of
+    its subscribers in this process.
+
+    Every event of the org with `base_id < id <= top_id` is held, in id order: on PostgreSQL
+    an org's events commit in id order (storage.events takes a per-org lock), so reading
+    after `top_id` misses none. Until its first read, and after a failed one, it holds
+    nothing (`base_id` None) and subscribers read the database themselves.
+    """
+
+    def __init__(self, db: Database, broker: Broker, org_id: str) -> None:
+        self._db = db
+        self._broker = broker
+        self.org_id = org_id
+        self.followers: set[Subscriber] = set()
+        self._by_container: dict[str | None, set[Subscriber]] = {}
+        self.base_id: int | None = None
+        self.top_id = 0
+        self._ids: list[int] = []
+        self._rows: list[EventRecord] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def add(self, follower: Subscriber) -> None:
+        self.followers.add(follower)
+        self._by_container.setdefault(follower.container_id, set()).add(follower)
+
+    def discard(self, follower: Subscriber) -> None:
+        self.followers.discard(follower)
+        members = self._by_container.get(follower.container_id)
+        if members is not None:
+            members.discard(follower)
+            if not members:
+                del self._by_container[follower.container_id]
+
+    def after(self, after_id: int, limit: int) -> list[EventRecord] | None:
+        """Up to `limit` of the org's events after `after_id`, every one of them up to
+        `top_id`; None when events after it may be missing here (read the database)."""
+        if self.base_id is None or after_id < self.base_id:
+            return None
+        start = bisect_right(self._ids, after_id)
+        return self._rows[start : start + limit]
+
+    async def _run(self) -> None:
+        # Registered before the first read: a commit landing between the two wakes it.
+        async with self._broker.subscribe(self.org_id) as notices:
+            while True:
+                try:
+                    await self._follow(notices)
+                except Exception:
+                    logger.exception("the tail of org %r failed; its subscribers read alone")
+                self.base_id = None
+                self._ids, self._rows = [], []
+                self._wake_followers()
+                await asyncio.sleep(RETRY_SECONDS)
+
+    async def _follow(self, notices: Subscriber) -> None:
+        self.top_id = await newest_event_id(self._db, self.org_id)
+        self.base_id = self.top_id
+        self._wake_followers()
+        while True:
+            await notices.wait()
+            containers: set[str] = set()
+            while True:
+                async with self._db.reader() as reader:
+                    found = await list_events(
+                        reader,
+                        org_id=self.org_id,
+                        page=Page(limit=FOLLOW_PAGE_SIZE, after_id=self.top_id, order=Order.ASC),
+                    )
+                self._keep(found.rows)
+                containers.update(row["container_id"] for row in found.rows)
+                if found.next_cursor is None:
+                    break
+            self._wake_followers(containers)
+
+    def _keep(self, rows: Sequence[EventRecord]) -> None:
+        if not rows:
+            return
+        self._ids.extend(row["id"] for row in rows)
+        self._rows.extend(rows)
+        self.top_id = self._ids[-1]
+        if len(self._ids) > 2 * TAIL_EVENTS:
+            dropped = len(self._ids) - TAIL_EVENTS
+            self.base_id = self._ids[dropped - 1]
+            del self._ids[:dropped], self._rows[:dropped]
+
+    def _wake_followers(self, containers: set[str] | None = None) -> None:
+        """Wake those following any of the containers (None: all of them), and those
+        following the whole org."""
+        if containers is None:
+            woken: Iterable[Subscriber] = self.followers
+        else:
+            every = self._by_container
+            woken = every.get(None, set()).union(
+                *(every[container] for container in containers if container in every)
+            )
+        for follower in woken:
+            follower.wake()
 
 
 class Listener:
@@ -216,26 +365,42 @@ async def follow_events(
     """
     max_lag = subscriber.max_lag
     caught_up_at = subscriber.published()
+    tail = subscriber.tail
     while True:
         seen = subscriber.published()
         if seen - caught_up_at > max_lag:
             raise SubscriberTooSlow(after_id, max_lag)
-        async with db.reader() as reader:
-            found = await list_events(
-                reader,
-                org_id=subscriber.org_id,
-                event_filter=event_filter,
-                container_id=container_id,
-                page=Page(limit=FOLLOW_PAGE_SIZE, after_id=after_id, order=Order.ASC),
-            )
-        for count, row in enumerate(found.rows, 1):
+        held = None if tail is None else tail.after(after_id, FOLLOW_PAGE_SIZE)
+        if held is not None:
+            rows: Sequence[EventRecord] = [
+                row for row in held if event_matches(row, event_filter, container_id)
+            ]
+            more = len(held) == FOLLOW_PAGE_SIZE
+            last_id = held[-1]["id"] if held else after_id  # past those filtered out too
+        else:
+            # All the org's events up to here were committed before the read began.
+            top_id = None if tail is None or tail.base_id is None else tail.top_id
+            async with db.reader() as reader:
+                found = await list_events(
+                    reader,
+                    org_id=subscriber.org_id,
+                    event_filter=event_filter,
+                    container_id=container_id,
+                    page=Page(limit=FOLLOW_PAGE_SIZE, after_id=after_id, order=Order.ASC),
+                )
+            rows, more = found.rows, found.next_cursor is not None
+            last_id = rows[-1]["id"] if rows else after_id
+            if not more and top_id is not None:
+                # None of the rest up to the tail's top matched: go on from the tail.
+                last_id = max(last_id, top_id)
+        for count, row in enumerate(rows, 1):
             yield row
-            after_id = row["id"]
             if count % TURN_EVENTS == 0:
                 # Sending an event rarely waits, so a subscriber with a backlog would hold the
                 # event loop for a whole page, and every request and subscriber behind it.
                 await asyncio.sleep(0)
-        if found.next_cursor is None:
+        after_id = last_id
+        if not more:
             # Everything committed before `seen` was counted is now read.
             caught_up_at = seen
             await subscriber.wait()

@@ -164,6 +164,18 @@ def filter_column(event_filter: EventFilter) -> tuple[Column[str], str]:
     return events.c.event_type, event_filter.value
 
 
+def event_matches(
+    row: EventRecord, event_filter: EventFilter | None, container_id: str | None
+) -> bool:
+    """Whether list_events with this filter and container would return the row."""
+    if container_id is not None and row["container_id"] != container_id:
+        return False
+    if event_filter is None:
+        return True
+    column, value = filter_column(event_filter)
+    return row[column.key] == value  # type: ignore[literal-required]
+
+
 @dataclass(frozen=True)
 class PageShape:
     """What varies between page statements; each shape is compiled once per dialect."""

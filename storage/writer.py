@@ -12,6 +12,7 @@ idempotency key (storage.idempotency) takes its key in the transaction that stor
 """
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -34,6 +35,8 @@ from storage.idempotency import (
     stored_answer,
 )
 from storage.models import utcnow
+
+logger = logging.getLogger(__name__)
 
 Sessions = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
@@ -166,33 +169,44 @@ class EventWriter:
         return stored
 
     async def _commit(self, group: list[_Write]) -> None:
+        committed = False
         try:
             async with self._sessions() as session:
                 stored = await self._write(session, group)
+                committed = True
+                # Answered and announced at once: the session's release is another round trip
+                # to the database thread, and subscribers should not wait for it.
+                for write, rows in zip(group, stored, strict=True):
+                    write.answer(rows)
+                    self._announce(write, rows)
         except asyncio.CancelledError as cancelled:
             for write in group:
                 write.fail(RuntimeError("the event writer stopped"))
             raise cancelled
         except Exception:
+            if committed:
+                # Releasing the session failed after the commit: the writes are stored and
+                # answered, and storing them again would double them.
+                logger.exception("releasing the writer's session failed after its commit")
+                return
             # One write the database refuses must not sink the others: each alone.
             for write in group:
                 try:
                     async with self._sessions() as session:
                         [rows] = await self._write(session, [write])
+                        write.answer(rows)
+                        self._announce(write, rows)
                 except Exception as error:
-                    write.fail(error)
-                    continue
-                write.answer(rows)
-                self._announce(write, rows)
-            return
-        for write, rows in zip(group, stored, strict=True):
-            write.answer(rows)
-            self._announce(write, rows)
+                    write.fail(error)  # a no-op if it was answered before a failed release
 
     def _announce(self, write: _Write, rows: list[EventRecord]) -> None:
-        """Tell the commit hooks (storage.broker) that a write's rows are committed."""
+        """Tell the commit hooks (storage.broker) that a write's rows are committed; a hook
+        that fails is logged, and never fails the write."""
         for announce in self.on_commit:
-            announce(write.org_id, rows)
+            try:
+                announce(write.org_id, rows)
+            except Exception:
+                logger.exception("a commit hook failed")
 
 
 async def _store_group(

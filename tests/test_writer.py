@@ -1,14 +1,18 @@
 """Group commit: concurrent writes share transactions, each answered only once committed."""
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.database import Database
 from storage.events import EventRecord, Page, list_events
+from storage.writer import EventWriter
 from tests.factories import count_events, make_org, new_event
 
 WRITERS = 40
@@ -112,3 +116,44 @@ async def test_a_request_cancelled_while_waiting_does_not_lose_the_others(db: Da
     assert len(rows) == 2
     # The cancelled request's event was already handed over: it is stored, not half-written.
     assert await count_events(db) == 3
+
+
+async def test_a_failing_commit_hook_neither_fails_nor_doubles_the_write(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    await make_org(db, "acme")
+    heard: list[int] = []
+
+    def broken(_org_id: str, _rows: list[EventRecord]) -> None:
+        raise RuntimeError("hook broke")
+
+    db.writer.on_commit.extend([broken, lambda _org_id, rows: heard.extend(r["id"] for r in rows)])
+    results = await asyncio.gather(
+        *(db.writer.log("acme", [("c1", new_event(index))]) for index in range(5))
+    )
+
+    ids = [row["id"] for logged in results for row in logged.rows]
+    assert sorted(heard) == sorted(ids)  # the hooks after the broken one still heard
+    assert await count_events(db) == 5
+    assert "a commit hook failed" in caplog.text
+
+
+async def test_a_session_release_failing_after_the_commit_does_not_store_twice(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    await make_org(db, "acme")
+
+    @asynccontextmanager
+    async def sessions_failing_on_release() -> AsyncIterator[AsyncSession]:
+        async with db.session() as session:
+            yield session
+        raise ConnectionError("lost the connection while releasing it")
+
+    writer = EventWriter(sessions_failing_on_release)
+    results = await asyncio.gather(
+        *(writer.log("acme", [("c1", new_event(index))]) for index in range(5))
+    )
+
+    assert len({row["id"] for logged in results for row in logged.rows}) == 5
+    assert await count_events(db) == 5
+    assert "releasing the writer's session failed after its commit" in caplog.text
