@@ -204,7 +204,9 @@ class Tail:
                 try:
                     await self._follow(notices)
                 except Exception:
-                    logger.exception("the tail of org %r failed; its subscribers read alone")
+                    logger.exception(
+                        "the tail of org %r failed; its subscribers read alone", self.org_id
+                    )
                 self.base_id = None
                 self._ids, self._rows = [], []
                 self._wake_followers()

@@ -30,8 +30,11 @@ from websockets.exceptions import ConnectionClosed
 
 from schema import build_schema
 from schema.subscription import LiveContext
-from storage.broker import Broker, fan_out
+from storage import broker as broker_module
+from storage.broker import Broker, fan_out, follow_events, newest_event_id
 from storage.database import Database
+from storage.domain import EventFilter
+from storage.events import EventRecord
 from tests.conftest import POSTGRES_URL_VARIABLE
 from tests.factories import auth, make_org, new_event
 
@@ -153,6 +156,86 @@ async def test_each_commit_wakes_the_orgs_subscribers_and_only_theirs(db: Databa
             await asyncio.wait_for(other.wait(), 0.3)
         assert acme.published() == 2
         assert other.published() == 0
+
+
+async def _take(events: AsyncIterator[EventRecord], count: int) -> list[int]:
+    """The ids of the next `count` events of a stream, within the receive timeout."""
+
+    async def take() -> list[int]:
+        return [(await anext(events))["id"] for _ in range(count)]
+
+    return await asyncio.wait_for(take(), RECEIVE_TIMEOUT)
+
+
+async def test_a_replay_longer_than_the_tail_then_live_events_arrive_once_in_order(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(broker_module, "TAIL_EVENTS", 5)  # trimmed to 5 past 10 held
+    monkeypatch.setattr(broker_module, "FOLLOW_PAGE_SIZE", 7)
+    await make_org(db, "acme")
+    old = (await db.writer.log("acme", [("c1", new_event(i)) for i in range(30)])).rows
+    broker = Broker(poll_seconds=60)
+    async with fan_out(db, broker), broker.follow(db, "acme") as subscriber:
+        events = follow_events(db, subscriber, after_id=old[3]["id"])
+        async with aclosing(events):
+            replayed = await _take(events, 26)
+            live: list[int] = []
+            for round_ in range(4):  # each write is 6 events: past the tail's trim each time
+                batch = [("c1", new_event(100 + round_ * 6 + i)) for i in range(6)]
+                live += [row["id"] for row in (await db.writer.log("acme", batch)).rows]
+            streamed = await _take(events, 24)
+
+    assert replayed == [row["id"] for row in old[4:]]
+    assert streamed == live
+
+
+async def test_filters_pick_from_the_shared_tail_what_queries_would(db: Database):
+    await make_org(db, "acme")
+    broker = Broker(poll_seconds=60)
+    async with (
+        fan_out(db, broker),
+        broker.follow(db, "acme", "c2") as of_c2,
+        broker.follow(db, "acme") as failures,
+        broker.follow(db, "acme") as everything,
+    ):
+        start = await newest_event_id(db, "acme")
+        streams = [
+            follow_events(db, of_c2, after_id=start, container_id="c2"),
+            follow_events(db, failures, after_id=start, event_filter=EventFilter.FAIL),
+            follow_events(db, everything, after_id=start),
+        ]
+        specs = [
+            ("c1", {}),
+            ("c2", {"status": "FAILURE"}),
+            ("c1", {"status": "FAILURE", "event_type": "BLOCK"}),
+            ("c2", {"event_type": "CREATE"}),
+        ]
+        rows = (
+            await db.writer.log("acme", [(c, new_event(i, **f)) for i, (c, f) in enumerate(specs)])
+        ).rows
+        ids = [row["id"] for row in rows]
+        got = [await _take(streams[0], 2), await _take(streams[1], 2), await _take(streams[2], 4)]
+        for stream in streams:
+            await stream.aclose()
+
+    assert got == [[ids[1], ids[3]], [ids[1], ids[2]], ids]
+
+
+async def test_when_the_tail_cannot_read_subscribers_read_the_database_themselves(
+    db: Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    async def broken(self: broker_module.Tail, _notices: Any) -> None:
+        raise ConnectionError("the tail's read failed")
+
+    monkeypatch.setattr(broker_module.Tail, "_follow", broken)
+    await make_org(db, "acme")
+    broker = Broker(poll_seconds=60)
+    async with fan_out(db, broker), broker.follow(db, "acme") as subscriber:
+        events = follow_events(db, subscriber, after_id=0)
+        async with aclosing(events):
+            rows = (await db.writer.log("acme", [("c1", new_event(i)) for i in range(3)])).rows
+            assert await _take(events, 3) == [row["id"] for row in rows]
+    assert "the tail of org 'acme' failed" in caplog.text
 
 
 async def test_a_long_subscription_does_not_keep_what_each_event_allocated(db: Database):
