@@ -14,8 +14,11 @@ from gateway import counts, rest
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.graphql import GraphQLApp
+from gateway.headers import HeaderSizeLimit
 from gateway.limits import BodySizeLimit
+from gateway.logs import RequestLog
 from gateway.openapi import openapi_document
+from gateway.persisted import PersistedOperations
 from gateway.problems import (
     Problem,
     handle_client_disconnect,
@@ -23,7 +26,9 @@ from gateway.problems import (
     handle_problem,
     handle_unexpected,
 )
+from gateway.ratelimit import Budget, RateLimit
 from gateway.responses import JSONResponse
+from gateway.timeouts import RequestTimeout
 from schema import build_schema
 from storage.broker import Broker, fan_out
 from storage.database import Database
@@ -45,13 +50,26 @@ def create_app(
             max_depth=settings.graphql_max_depth,
             max_aliases=settings.graphql_max_aliases,
             max_tokens=settings.graphql_max_tokens,
+            introspection=settings.graphql_introspection,
         ),
         db=db,
         authenticator=authenticator,
         broker=broker,
         graphiql=settings.graphiql,
+        persisted=PersistedOperations.from_folder() if settings.graphql_persisted_only else None,
     )
     document = openapi_document()
+    # Off unless EVENTS_GATEWAY_RATE_LIMIT is set; a bad rate or storage fails here, at start.
+    rate_limit: list[Middleware] = []
+    if settings.rate_limit:
+        budget = Budget(
+            settings.rate_limit,
+            storage_uri=settings.rate_limit_storage,
+            key_prefix=settings.rate_limit_key_prefix,
+        )
+        rate_limit.append(
+            Middleware(RateLimit, budget=budget, graphql_max_tokens=settings.graphql_max_tokens)
+        )
 
     async def openapi(_request: object) -> JSONResponse:
         return JSONResponse(document)
@@ -71,16 +89,23 @@ def create_app(
             # Before the REST shim's routes, so no `{param}` there can ever claim `/counts`.
             *counts.routes,
             *rest.routes,
-            Route("/graphql", graphql, methods=["GET", "POST"]),
+            # Every method: GraphQL answers those it does not take with a coded 405 of its own.
+            Route("/graphql", graphql),
             WebSocketRoute("/graphql", graphql),  # subscriptions
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         middleware=[
+            # Outermost: every answer below, errors included, carries the request id.
+            Middleware(RequestLog),
+            Middleware(HeaderSizeLimit, max_bytes=settings.max_header_bytes),
+            Middleware(RequestTimeout, seconds=settings.request_timeout),
             Middleware(
                 BodySizeLimit,
                 max_bytes=settings.max_body_bytes,
                 batch_max_bytes=settings.max_batch_body_bytes,
-            )
+            ),
+            # After the body limit, so the GraphQL bodies it reads to weigh are bounded.
+            *rate_limit,
         ],
         exception_handlers={
             Problem: handle_problem,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from starlette.datastructures import Headers
 
 from storage.database import Database
-from storage.keys import hash_key, org_for_key
+from storage.keys import KeyHolder, hash_key, holder_of_key
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="events-gateway"'}
 
@@ -30,7 +30,8 @@ def key_from_headers(headers: Headers) -> str:
 
 
 class Authenticator:
-    """Resolves a request's key to its org, remembering valid keys for `cache_seconds`.
+    """Resolves a request's key to its holder (key id, org, scopes), remembering valid keys for
+    `cache_seconds`.
 
     Every request needs its key checked; a database round trip for each would cost as much as
     the page itself. The price is that a revoked key keeps working for up to `cache_seconds`
@@ -49,23 +50,23 @@ class Authenticator:
         self._cache_seconds = cache_seconds
         self._max_entries = max_entries
         self._clock = clock
-        self._valid: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._valid: OrderedDict[str, tuple[KeyHolder, float]] = OrderedDict()
 
-    async def org_for(self, headers: Headers) -> str:
-        """The org id the request's key belongs to; raises Unauthenticated otherwise."""
+    async def holder_for(self, headers: Headers) -> KeyHolder:
+        """Who the request's key speaks for; raises Unauthenticated otherwise."""
         key_hash = hash_key(key_from_headers(headers))
         now = self._clock()
         cached = self._valid.get(key_hash)
         if cached is not None and cached[1] > now:
             return cached[0]
         async with self._db.reader() as reader:
-            org_id = await org_for_key(reader, key_hash=key_hash)
-        if org_id is None:
+            holder = await holder_of_key(reader, key_hash=key_hash)
+        if holder is None:
             self._valid.pop(key_hash, None)
             raise Unauthenticated("The API key is unknown or revoked.")
         if self._cache_seconds > 0:
-            self._valid[key_hash] = (org_id, now + self._cache_seconds)
+            self._valid[key_hash] = (holder, now + self._cache_seconds)
             self._valid.move_to_end(key_hash)
             if len(self._valid) > self._max_entries:
                 self._valid.popitem(last=False)
-        return org_id
+        return holder

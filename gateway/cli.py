@@ -2,10 +2,13 @@
 
 import argparse
 import asyncio
+import logging
+import logging.config
 import os
 import sys
+import threading
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import uvicorn
 from alembic.util import CommandError
@@ -15,9 +18,19 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from gateway.app import create_app
 from gateway.config import DATABASE_URL_VARIABLE, Settings
 from gateway.demo import run_demo
+from gateway.logs import logging_config
+from gateway.persisted import PersistedOperations
 from storage.database import Database, normalize_url
 from storage.domain import ID_RULE, is_valid_id
-from storage.keys import create_key, list_keys, revoke_key
+from storage.keys import (
+    DEFAULT_SCOPES,
+    InvalidScopes,
+    Scope,
+    create_key,
+    list_keys,
+    parse_scopes,
+    revoke_key,
+)
 from storage.migrate import upgrade_schema
 from storage.orgs import OrganizationExists, create_org, get_org
 
@@ -34,13 +47,36 @@ async def _with_database(settings: Settings, work: Callable[[Database], Awaitabl
         await work(db)
     finally:
         await db.dispose()
+        await _sqlite_threads_finished()
+
+
+async def _sqlite_threads_finished(timeout: float = 1.0) -> None:
+    """Wait for aiosqlite's connection threads to end while the event loop still runs.
+
+    When a SQLite file cannot be opened, aiosqlite (0.22) stops the connection's thread
+    without waiting for it, and the thread then hands its last result to the event loop; once
+    asyncio.run has closed the loop, that prints a traceback ("Event loop is closed") under
+    the command's one-line error.
+    """
+    threads = [
+        thread
+        for thread in threading.enumerate()
+        if thread.name.endswith("(_connection_worker_thread)")
+    ]
+    for thread in threads:
+        await asyncio.to_thread(thread.join, timeout)
+    await asyncio.sleep(0)  # the callbacks they scheduled run now
 
 
 async def _reachable(_db: Database) -> None:
     """Nothing more to do: connecting and creating the schema is the check."""
 
 
-async def db_upgrade(settings: Settings) -> None:
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+async def db_upgrade(settings: Settings, say: Callable[[str], None] = _say) -> None:
     """Upgrade the schema to the newest revision; say which revision it was and is."""
     db = settings.database()
     try:
@@ -48,9 +84,29 @@ async def db_upgrade(settings: Settings) -> None:
     finally:
         await db.dispose()
     if before == after:
-        print(f"schema already at revision {after}", file=sys.stderr)
+        say(f"schema already at revision {after}")
     else:
-        print(f"schema upgraded from {before or 'unversioned'} to {after}", file=sys.stderr)
+        say(f"schema upgraded from {before or 'unversioned'} to {after}")
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Logging and transport limits for uvicorn; README's "Transport limits" says why."""
+    if settings.log_format not in ("json", "text"):
+        _fail(f"EVENTS_GATEWAY_LOG_FORMAT must be json or text, not {settings.log_format!r}")
+    if settings.log_level.upper() not in logging.getLevelNamesMapping():
+        _fail(f"EVENTS_GATEWAY_LOG_LEVEL is no logging level: {settings.log_level!r}")
+    if settings.http_parser not in ("h11", "httptools"):
+        _fail(f"EVENTS_GATEWAY_HTTP_PARSER must be h11 or httptools, not {settings.http_parser!r}")
+    return {
+        # Every process (workers too) logs JSON lines; the access lines are gateway/logs.py's.
+        "log_config": logging_config(settings.log_format, settings.log_level),
+        "access_log": False,
+        "http": settings.http_parser,
+        # h11 stops buffering a request's head past this; httptools has no such limit.
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        "limit_concurrency": settings.max_connections,
+    }
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int, upgrade: bool) -> None:
@@ -62,19 +118,23 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, upgrade: bo
             "--workers above 1 needs PostgreSQL: SQLite takes one writer at a time, and "
             "writes from several processes time out waiting for it"
         )
+    options = _uvicorn_options(settings)
+    logging.config.dictConfig(options["log_config"])
     # Upgrade or reach the database first, once for all workers, so a wrong URL is one line
     # here, not a traceback from each worker's start-up.
     if upgrade:
-        asyncio.run(db_upgrade(settings))
+        asyncio.run(db_upgrade(settings, logging.getLogger("gateway.cli").info))
     else:
         asyncio.run(_with_database(settings, _reachable))
     if workers == 1:
-        uvicorn.run(create_app(settings, db=settings.database()), host=host, port=port)
+        uvicorn.run(create_app(settings, db=settings.database()), host=host, port=port, **options)
         return
     # Each worker builds its own app from the environment: the URL given on the command line
     # reaches them there.
     os.environ[DATABASE_URL_VARIABLE] = settings.database_url
-    uvicorn.run("gateway.app:create_app", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run(
+        "gateway.app:create_app", factory=True, host=host, port=port, workers=workers, **options
+    )
 
 
 async def orgs_create(db: Database, org_id: str, name: str | None) -> None:
@@ -91,15 +151,25 @@ async def orgs_create(db: Database, org_id: str, name: str | None) -> None:
     print(secret)
 
 
-async def keys_create(db: Database, org_id: str) -> None:
+async def keys_create(db: Database, org_id: str, scopes: frozenset[Scope]) -> None:
     """Create another key for an org; the key alone goes to stdout."""
     async with db.reader() as reader:
         if await get_org(reader, org_id=org_id) is None:
             _fail(f"no organization {org_id!r}")
     async with db.session() as session:
-        key, secret = await create_key(session, org_id=org_id)
-    print(f"created key {key.id} for {org_id!r}; it is shown only this once:", file=sys.stderr)
+        key, secret = await create_key(session, org_id=org_id, scopes=scopes)
+    print(
+        f"created key {key.id} for {org_id!r} with scope {key.scopes}; it is shown only this once:",
+        file=sys.stderr,
+    )
     print(secret)
+
+
+def _scopes(raw: str) -> frozenset[Scope]:
+    try:
+        return parse_scopes(raw)
+    except InvalidScopes as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 async def keys_list(db: Database, org_id: str) -> None:
@@ -110,11 +180,11 @@ async def keys_list(db: Database, org_id: str) -> None:
     async with db.session() as session:
         keys = await list_keys(session, org_id=org_id)
     # The prefix is all that identifies a secret here; the secret itself is never stored.
-    print(f"{'KEY_ID':<22} {'PREFIX':<14} {'CREATED':<26} REVOKED")
+    print(f"{'KEY_ID':<22} {'PREFIX':<14} {'SCOPE':<12} {'CREATED':<26} REVOKED")
     for key in keys:
         created = key.created_at.isoformat(timespec="seconds")
         revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "-"
-        print(f"{key.id:<22} {key.prefix + '...':<14} {created:<26} {revoked}")
+        print(f"{key.id:<22} {key.prefix + '...':<14} {key.scopes:<12} {created:<26} {revoked}")
 
 
 async def keys_revoke(db: Database, key_id: str) -> None:
@@ -184,10 +254,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     keys_create_parser = keys.add_parser("create", help="create a key (printed once)")
     keys_create_parser.add_argument("org_id", metavar="ORG_ID")
+    keys_create_parser.add_argument(
+        "--scope",
+        type=_scopes,
+        default=DEFAULT_SCOPES,
+        help="what the key may do: read (GETs, GraphQL queries and subscriptions), write "
+        "(POSTs, mutations) or admin (both), or a list such as read,write (the default)",
+    )
     keys_list_parser = keys.add_parser("list", help="list an org's keys")
     keys_list_parser.add_argument("org_id", metavar="ORG_ID")
     keys_revoke_parser = keys.add_parser("revoke", help="revoke a key")
     keys_revoke_parser.add_argument("key_id", metavar="KEY_ID")
+
+    commands.add_parser(
+        "queries", help="list the operations of queries/ (persisted mode): name and sha256"
+    )
 
     # --database-url is accepted before or after the command name.
     for leaf in (
@@ -222,11 +303,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
                 _with_database(settings, lambda db: orgs_create(db, args.org_id, args.name))
             )
         case "keys", "create":
-            asyncio.run(_with_database(settings, lambda db: keys_create(db, args.org_id)))
+            asyncio.run(
+                _with_database(settings, lambda db: keys_create(db, args.org_id, args.scope))
+            )
         case "keys", "list":
             asyncio.run(_with_database(settings, lambda db: keys_list(db, args.org_id)))
         case "keys", "revoke":
             asyncio.run(_with_database(settings, lambda db: keys_revoke(db, args.key_id)))
+        case "queries", _:
+            for operation in PersistedOperations.from_folder():
+                print(f"{operation.name}\t{operation.sha256}")
 
 
 def _first_line(error: Exception) -> str:

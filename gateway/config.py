@@ -1,8 +1,10 @@
 """Settings, read from EVENTS_GATEWAY_* environment variables or given directly."""
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.ratelimit import DEFAULT_KEY_PREFIX, check_storage_uri, parse_rate
 from storage.database import DEFAULT_DATABASE_URL, Database
 
 ENV_PREFIX = "EVENTS_GATEWAY_"
@@ -36,6 +38,17 @@ def _env_flag(name: str, default: bool) -> bool:
     return raw.lower() not in ("0", "false", "no", "off")
 
 
+def _env_checked(name: str, default: str, check: Callable[[str], object]) -> str:
+    """The variable as given, once `check` accepts it (its ValueError stops the start)."""
+    raw = os.environ.get(ENV_PREFIX + name, "").strip() or default
+    try:
+        if raw:
+            check(raw)
+    except ValueError as error:
+        raise SystemExit(f"{ENV_PREFIX}{name} {error}") from None
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -44,6 +57,9 @@ class Settings:
     graphql_max_depth: int = 10
     graphql_max_aliases: int = 30
     graphql_max_tokens: int = 2000
+    graphql_introspection: bool = True
+    # Only the operations stored in queries/ are executed (gateway/persisted.py).
+    graphql_persisted_only: bool = False
     graphiql: bool = True
     key_cache_seconds: float = 2.0
     read_pool_size: int = 2
@@ -53,6 +69,20 @@ class Settings:
     pool_timeout: float = 30.0
     # Off only to measure what group commit gains (bench.writes): one transaction per request.
     group_commit: bool = True
+    # Logs (gateway/logs.py): `json` lines or `text`, from this level up.
+    log_format: str = "json"
+    log_level: str = "info"
+    # Transport limits (README, "Transport limits"); all but the first are uvicorn's, for `serve`.
+    request_timeout: float = 30.0
+    max_header_bytes: int = 16 * 1024
+    keep_alive_timeout: int = 5
+    max_connections: int = 1000
+    http_parser: str = "h11"
+    # Per-key rate limit (gateway/ratelimit.py): a `limits` rate such as `600/minute`, or ""
+    # for none; counted in this process (`memory://`) or shared through `redis://host:port`.
+    rate_limit: str = ""
+    rate_limit_storage: str = "memory://"
+    rate_limit_key_prefix: str = DEFAULT_KEY_PREFIX
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":
@@ -64,6 +94,10 @@ class Settings:
             "graphql_max_depth": _env_int("GRAPHQL_MAX_DEPTH", cls.graphql_max_depth),
             "graphql_max_aliases": _env_int("GRAPHQL_MAX_ALIASES", cls.graphql_max_aliases),
             "graphql_max_tokens": _env_int("GRAPHQL_MAX_TOKENS", cls.graphql_max_tokens),
+            "graphql_introspection": _env_flag("GRAPHQL_INTROSPECTION", cls.graphql_introspection),
+            "graphql_persisted_only": _env_flag(
+                "GRAPHQL_PERSISTED_ONLY", cls.graphql_persisted_only
+            ),
             "graphiql": _env_flag("GRAPHIQL", cls.graphiql),
             "key_cache_seconds": _env_float("KEY_CACHE_SECONDS", cls.key_cache_seconds),
             "read_pool_size": _env_int("READ_POOL_SIZE", cls.read_pool_size),
@@ -71,6 +105,19 @@ class Settings:
             "pool_max_overflow": _env_int("POOL_MAX_OVERFLOW", cls.pool_max_overflow),
             "pool_timeout": _env_float("POOL_TIMEOUT", cls.pool_timeout),
             "group_commit": _env_flag("GROUP_COMMIT", cls.group_commit),
+            "log_format": (os.environ.get(ENV_PREFIX + "LOG_FORMAT") or cls.log_format).lower(),
+            "log_level": (os.environ.get(ENV_PREFIX + "LOG_LEVEL") or cls.log_level).lower(),
+            "request_timeout": _env_float("REQUEST_TIMEOUT", cls.request_timeout),
+            "max_header_bytes": _env_int("MAX_HEADER_BYTES", cls.max_header_bytes),
+            "keep_alive_timeout": _env_int("KEEP_ALIVE_TIMEOUT", cls.keep_alive_timeout),
+            "max_connections": _env_int("MAX_CONNECTIONS", cls.max_connections),
+            "http_parser": (os.environ.get(ENV_PREFIX + "HTTP_PARSER") or cls.http_parser).lower(),
+            "rate_limit": _env_checked("RATE_LIMIT", cls.rate_limit, parse_rate),
+            "rate_limit_storage": _env_checked(
+                "RATE_LIMIT_STORAGE", cls.rate_limit_storage, check_storage_uri
+            ),
+            "rate_limit_key_prefix": os.environ.get(ENV_PREFIX + "RATE_LIMIT_KEY_PREFIX")
+            or cls.rate_limit_key_prefix,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]

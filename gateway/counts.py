@@ -8,6 +8,7 @@ from gateway.responses import JSONResponse
 from gateway.rest import authorized_org, checked_id, parse_choice, parse_window, single_values
 from storage.counts import CountBy, InvalidCounts, event_counts
 from storage.domain import EventFilter
+from storage.keys import Scope
 
 COUNT_PARAMETERS = ("since", "until", "by", "filter", "container_id")
 REQUIRED_PARAMETERS = ("since", "until", "by")
@@ -15,7 +16,8 @@ REQUIRED_PARAMETERS = ("since", "until", "by")
 
 async def org_event_counts(request: Request) -> JSONResponse:
     """The org's events in [since, until) grouped by type, status, container, hour or day."""
-    db, org_id = await authorized_org(request)
+    db, holder = await authorized_org(request, Scope.READ)
+    org_id = holder.org_id
     values = single_values(request.query_params, COUNT_PARAMETERS)
     for name in REQUIRED_PARAMETERS:
         if name not in values:

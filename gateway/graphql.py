@@ -5,10 +5,13 @@ the `connection_init` payload, as `{"Authorization": "Bearer <key>"}` or `{"X-AP
 none or a malformed one closes the socket with 4401, an unknown or revoked one with 4403.
 """
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cross_web import AsyncHTTPRequestAdapter
 from cross_web import HTTPException as StrawberryHTTPException
+from graphql import GraphQLError
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,17 +20,29 @@ from starlette.websockets import WebSocket, WebSocketState
 from strawberry import Schema
 from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLRequestData
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ErrorMessage,
+    SubscribeMessage,
+)
 from strawberry.types.unset import UnsetType
 
 from gateway.auth import CHALLENGE, Authenticator, Unauthenticated, key_from_headers
+from gateway.persisted import PersistedOperationError, PersistedOperations
 from gateway.responses import JSONResponse, dumps
 from schema.context import Context
 from schema.subscription import LiveContext
 from storage.broker import Broker
 from storage.database import Database
+from storage.keys import KeyHolder
 
 KEY_PARAMS = ("authorization", "x-api-key")
+# Strawberry's own refusals; 404 is the GraphiQL page when it is turned off.
+HTTP_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 
 
 def graphql_error(
@@ -35,6 +50,14 @@ def graphql_error(
 ) -> Response:
     body = {"data": None, "errors": [{"message": message, "extensions": {"code": code}}]}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+class GraphQLRequestError(StrawberryHTTPException):
+    """A request refused before execution, answered with its own `extensions.code`."""
+
+    def __init__(self, status_code: int, reason: str, code: str) -> None:
+        super().__init__(status_code, reason)
+        self.code = code
 
 
 @dataclass
@@ -53,6 +76,31 @@ class _SocketAdapter(ASGIWebSocketAdapter):
             await super().close(code, reason)
 
 
+class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        # Persisted-operations mode holds over WebSocket too: the stored text runs, or nothing.
+        persisted = getattr(self.view, "persisted", None)
+        payload: Any = message.get("payload")
+        if persisted is not None and isinstance(payload, dict):
+            try:
+                query = persisted.document(
+                    query=payload.get("query"),
+                    extensions=payload.get("extensions"),
+                    document_id=payload.get("documentId"),
+                )
+            except PersistedOperationError as error:
+                coded = GraphQLError(error.message, extensions={"code": error.code})
+                refusal: ErrorMessage = {
+                    "id": message["id"],
+                    "type": "error",
+                    "payload": [coded.formatted],
+                }
+                await self.send_message(refusal)
+                return
+            message = {**message, "payload": {**payload, "query": query}}
+        await super().handle_subscribe(message)
+
+
 class GraphQLApp(GraphQL[Context, None]):
     """Strawberry's view with the gateway's auth; GraphiQL's page itself needs no key."""
 
@@ -64,6 +112,7 @@ class GraphQLApp(GraphQL[Context, None]):
         authenticator: Authenticator,
         broker: Broker,
         graphiql: bool = True,
+        persisted: PersistedOperations | None = None,
     ) -> None:
         super().__init__(
             schema,
@@ -71,6 +120,9 @@ class GraphQLApp(GraphQL[Context, None]):
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
         )
         self.websocket_adapter_class = _SocketAdapter
+        self.graphql_transport_ws_handler_class = _TransportWSHandler
+        # Set: only these operations are executed (EVENTS_GATEWAY_GRAPHQL_PERSISTED_ONLY).
+        self.persisted = persisted
         self.db = db
         self.authenticator = authenticator
         self.broker = broker
@@ -86,13 +138,15 @@ class GraphQLApp(GraphQL[Context, None]):
     async def _answer(self, request: Request) -> Response:
         if not self._is_ide_page(request):
             try:
-                request.state.org_id = await self.authenticator.org_for(request.headers)
+                request.state.holder = await self.authenticator.holder_for(request.headers)
             except Unauthenticated as error:
                 return graphql_error(401, str(error), "UNAUTHENTICATED", CHALLENGE)
         try:
             return await self.run(request)
+        except GraphQLRequestError as error:
+            return graphql_error(error.status_code, error.reason, error.code)
         except StrawberryHTTPException as error:
-            code = "METHOD_NOT_ALLOWED" if error.status_code == 405 else "BAD_REQUEST"
+            code = HTTP_ERROR_CODES.get(error.status_code, "BAD_REQUEST")
             return graphql_error(error.status_code, error.reason, code)
 
     def _is_ide_page(self, request: Request) -> bool:
@@ -105,8 +159,16 @@ class GraphQLApp(GraphQL[Context, None]):
             # No org until connection_init brings a key (on_ws_connect).
             return SocketContext(db=self.db, org_id=None, broker=self.broker, websocket=request)
         # GraphiQL's page is served without a key; it resolves nothing, so no org is needed.
-        org_id = getattr(request.state, "org_id", None)
-        return LiveContext(db=self.db, org_id=org_id, broker=self.broker)
+        holder: KeyHolder | None = getattr(request.state, "holder", None)
+        if holder is None:
+            return LiveContext(db=self.db, org_id=None, broker=self.broker)
+        return LiveContext(
+            db=self.db,
+            org_id=holder.org_id,
+            broker=self.broker,
+            key_id=holder.key_id,
+            scopes=holder.scopes,
+        )
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         assert isinstance(context, SocketContext) and context.websocket is not None
@@ -127,10 +189,49 @@ class GraphQLApp(GraphQL[Context, None]):
             await context.websocket.close(code=4401, reason=reason)
             raise ConnectionRejectionError from None
         try:
-            context.org_id = await self.authenticator.org_for(headers)
+            holder = await self.authenticator.holder_for(headers)
         except Unauthenticated:
             raise ConnectionRejectionError from None
+        context.org_id, context.key_id, context.scopes = holder.org_id, holder.key_id, holder.scopes
         return await super().on_ws_connect(context)
 
     def encode_json(self, data: object) -> bytes:
         return dumps(data)
+
+    def parse_json(self, data: str | bytes) -> Any:
+        """A body, or GET's `variables` or `extensions`: a JSON object, else a coded 400 (a
+        list goes on, to be refused as a batch or as variables that are not an object)."""
+        try:
+            value = json.loads(data)
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep or too long a number
+            raise GraphQLRequestError(400, "Expected valid JSON.", "BAD_REQUEST") from None
+        if not isinstance(value, dict | list):
+            raise GraphQLRequestError(400, "Expected a JSON object.", "BAD_REQUEST")
+        return value
+
+    def _validate_batch_request(self, request_data: Any, protocol: Any) -> None:
+        raise GraphQLRequestError(
+            400,
+            "Batching is not supported: send one operation per request.",
+            "BATCHING_NOT_SUPPORTED",
+        )
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        data = await super().parse_http_body(request)
+        if self.persisted is None or not isinstance(data, GraphQLRequestData):
+            return data
+        document_id = None
+        if data.query is None:  # Strawberry keeps no documentId: read it where it was sent
+            if request.method == "GET":
+                document_id = request.query_params.get("documentId")
+            else:
+                document_id = self.parse_json(await request.get_body()).get("documentId")
+        try:
+            query = self.persisted.document(
+                query=data.query, extensions=data.extensions, document_id=document_id
+            )
+        except PersistedOperationError as error:
+            raise GraphQLRequestError(400, error.message, error.code) from None
+        return replace(data, query=query)

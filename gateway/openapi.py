@@ -35,6 +35,10 @@ ERRORS = {
         **_problem("Missing, unknown or revoked API key."),
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
     },
+    "403": _problem(
+        "The API key's scope does not allow this: reading needs `read`, writing `write` "
+        "(`admin` allows both)."
+    ),
     "404": _problem("Unknown organization or container, or another organization's."),
 }
 
@@ -189,12 +193,12 @@ def _components() -> dict[str, Any]:
         "required": ["event_type"],
         "properties": {
             "event_type": {
-                "type": "string",
+                **_case_free(event_types),
                 "description": f"One of {', '.join(event_types)}; case does not matter.",
                 "examples": ["ACCESS"],
             },
             "status": {
-                "type": "string",
+                **_case_free(statuses),
                 "description": "SUCCESS (the default) or FAILURE; case does not matter.",
                 "examples": ["SUCCESS"],
             },
@@ -228,6 +232,7 @@ def _components() -> dict[str, Any]:
                     "received_at",
                     "actor",
                     "details",
+                    "key_id",
                 ],
                 "additionalProperties": False,
                 "properties": {
@@ -240,6 +245,11 @@ def _components() -> dict[str, Any]:
                     "received_at": TIME_SCHEMA,
                     "actor": {"type": ["string", "null"]},
                     "details": {"type": "object"},
+                    "key_id": {
+                        "type": ["string", "null"],
+                        "description": "The id of the API key that wrote the event (never its "
+                        "secret); null for events written without one (the command line).",
+                    },
                 },
             },
             "EventList": {

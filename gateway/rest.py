@@ -35,6 +35,7 @@ from storage.idempotency import (
     InvalidIdempotencyKey,
     idempotency,
 )
+from storage.keys import KeyHolder, Scope, scopes_text
 from storage.orgs import get_container
 
 LIST_PARAMETERS = ("limit", "cursor", "since", "until", "order")
@@ -45,18 +46,29 @@ Choice = TypeVar("Choice", bound=StrEnum)
 FILTER_PATHS = {f"by_{event_filter.value.lower()}": event_filter for event_filter in EventFilter}
 
 
-async def authorized_org(request: Request) -> tuple[Database, str]:
-    """Authenticate, then resolve the path's org: 404 unless it is the key's own org."""
+async def authorized_org(request: Request, needed: Scope) -> tuple[Database, KeyHolder]:
+    """Authenticate, resolve the path's org (404 unless it is the key's own org), then check
+    the key may do what the route does (403)."""
     db: Database = request.app.state.db
     authenticator: Authenticator = request.app.state.authenticator
     try:
-        key_org_id = await authenticator.org_for(request.headers)
+        holder = await authenticator.holder_for(request.headers)
     except Unauthenticated as error:
         raise Problem(401, str(error), headers=CHALLENGE) from None
     org_id = checked_id("org_id", request.path_params["org_id"])
-    if org_id != key_org_id:
+    if org_id != holder.org_id:
         raise Problem(404, f"Organization {org_id!r} not found.")
-    return db, org_id
+    if not holder.may(needed):
+        raise Problem(403, forbidden_message(holder, needed))
+    return db, holder
+
+
+def forbidden_message(holder: KeyHolder, needed: Scope) -> str:
+    action = "read events" if needed is Scope.READ else "write events"
+    return (
+        f"This API key cannot {action}: its scope is {scopes_text(holder.scopes)}. "
+        f"Use a key with the {needed.value} scope."
+    )
 
 
 def checked_id(field: str, value: str) -> str:
@@ -135,7 +147,8 @@ async def _event_list(
     path_container_id: str | None = None,
 ) -> JSONResponse:
     """One page of events; a container named in the path must exist, one in the query need not."""
-    db, org_id = await authorized_org(request)
+    db, holder = await authorized_org(request, Scope.READ)
+    org_id = holder.org_id
     values, window, page = _parse_listing(request.query_params, allowed)
     container_id = values.get("container_id") if path_container_id is None else path_container_id
     if container_id is not None:
@@ -190,7 +203,7 @@ def _batch_items(raw: bytes, content_type: str) -> list[Any]:
 async def _log(
     request: Request,
     db: Database,
-    org_id: str,
+    holder: KeyHolder,
     kind: str,
     items: list[tuple[str, NewEvent]],
 ) -> tuple[list[EventRecord], dict[str, str]]:
@@ -200,7 +213,7 @@ async def _log(
     except InvalidIdempotencyKey as error:
         raise invalid(IDEMPOTENCY_HEADER, str(error)) from None
     try:
-        logged = await db.writer.log(org_id, items, key)
+        logged = await db.writer.log(holder.org_id, items, key, key_id=holder.key_id)
     except IdempotencyKeyReused:
         raise Problem(
             422,
@@ -224,14 +237,14 @@ class OrgEvents(HTTPEndpoint):
         return await _event_list(request, allowed=(*LIST_PARAMETERS, "container_id"))
 
     async def post(self, request: Request) -> JSONResponse:
-        db, org_id = await authorized_org(request)
+        db, holder = await authorized_org(request, Scope.WRITE)
         single_values(request.query_params, ())
         raw = await request.body()
         try:
             items = parse_batch(_batch_items(raw, request.headers.get("content-type", "")))
         except InvalidBatch as error:
             raise invalid_fields(error.errors) from None
-        rows, headers = await _log(request, db, org_id, "batch", items)
+        rows, headers = await _log(request, db, holder, "batch", items)
         return JSONResponse(
             {
                 "message": "Events logged successfully",
@@ -286,11 +299,11 @@ class ContainerEvents(HTTPEndpoint):
         )
 
     async def post(self, request: Request) -> JSONResponse:
-        db, org_id = await authorized_org(request)
+        db, holder = await authorized_org(request, Scope.WRITE)
         container_id = checked_id("container_id", request.path_params["container_id"])
         single_values(request.query_params, ())
         new_event = _parse_new_event(await request.body())
-        [row], headers = await _log(request, db, org_id, "event", [(container_id, new_event)])
+        [row], headers = await _log(request, db, holder, "event", [(container_id, new_event)])
         return JSONResponse({"message": "Event logged successfully", "event": row}, headers=headers)
 
 

@@ -5,7 +5,12 @@ from datetime import datetime
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import (
+    ASTValidationRule,
+    GraphQLError,
+    NoSchemaIntrospectionCustomRule,
+    ValidationContext,
+)
 from strawberry.extensions import (
     AddValidationRules,
     MaxAliasesLimiter,
@@ -39,7 +44,7 @@ class GatewaySchema(strawberry.Schema):
     ) -> ExecutionResult:
         # One answer per request: a subscription needs a stream (WebSocket) to answer on.
         allowed = set(allowed_operation_types or DEFAULT_ALLOWED_OPERATION_TYPES)
-        return await super().execute(
+        result = await super().execute(
             query,
             variable_values,
             context_value,
@@ -48,6 +53,17 @@ class GatewaySchema(strawberry.Schema):
             allowed - {OperationType.SUBSCRIPTION},
             operation_extensions,
         )
+        if result.errors:
+            result.errors = [self._coded(error) for error in result.errors]
+        return result
+
+    def _coded(self, error: GraphQLError) -> GraphQLError:
+        """An error without a code escaped parsing or validation, outside ErrorCodes: a server
+        fault, logged with its traceback and masked."""
+        if (error.extensions or {}).get("code"):
+            return error
+        super().process_errors([error])
+        return GraphQLError("Unexpected error.", extensions={"code": "INTERNAL_SERVER_ERROR"})
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
@@ -56,16 +72,44 @@ class GatewaySchema(strawberry.Schema):
         super().process_errors([e for e in errors if is_unexpected(e)], execution_context)
 
 
+class NoIntrospection(NoSchemaIntrospectionCustomRule):
+    """Refuse `__schema` and `__type` (not `__typename`) with a code of their own."""
+
+    def report_error(self, error: GraphQLError) -> None:
+        error.extensions = {"code": "INTROSPECTION_DISABLED"}
+        super().report_error(error)
+
+
+def _known_fragments_only(rule: type[ASTValidationRule]) -> type[ASTValidationRule]:
+    """The depth rule looks each spread fragment up and fails with a KeyError on an unknown
+    one; such a document is left to KnownFragmentNamesRule, which reports it."""
+
+    class Rule(rule):  # type: ignore[valid-type, misc]
+        def __init__(self, context: ValidationContext) -> None:
+            try:
+                super().__init__(context)
+            except KeyError:
+                ASTValidationRule.__init__(self, context)
+
+    return Rule
+
+
 def build_schema(
-    *, max_depth: int = 10, max_aliases: int = 30, max_tokens: int = 2000
+    *,
+    max_depth: int = 10,
+    max_aliases: int = 30,
+    max_tokens: int = 2000,
+    introspection: bool = True,
 ) -> GatewaySchema:
     """The gateway's schema; the limits guard against hostile documents."""
     # Each limiter makes new rule classes when constructed. The validation cache is keyed by
     # the rules, so they are made once here: per request they would miss the cache every time.
     limit_rules = [
-        *QueryDepthLimiter(max_depth=max_depth).validation_rules,
+        *map(_known_fragments_only, QueryDepthLimiter(max_depth=max_depth).validation_rules),
         *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
     ]
+    if not introspection:
+        limit_rules.append(NoIntrospection)
     return GatewaySchema(
         query=Query,
         mutation=Mutation,

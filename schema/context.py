@@ -4,7 +4,9 @@ from dataclasses import dataclass, field
 
 from strawberry.dataloader import DataLoader
 
+from schema.errors import Forbidden
 from storage.database import Database
+from storage.keys import DEFAULT_SCOPES, Scope, allows, scopes_text
 from storage.orgs import ContainerRecord, get_containers
 
 
@@ -27,6 +29,17 @@ class Context:
     db: Database
     org_id: str | None  # the API key's org: the only one this request may see
     containers: DataLoader[tuple[str, str], ContainerRecord | None] = field(init=False)
+    key_id: str | None = field(default=None, kw_only=True)  # recorded on the events it writes
+    scopes: frozenset[Scope] = field(default=DEFAULT_SCOPES, kw_only=True)
 
     def __post_init__(self) -> None:
         self.containers = _container_loader(self.db)
+
+    def require(self, needed: Scope) -> None:
+        """Raise FORBIDDEN unless the key's scopes allow `needed`."""
+        if not allows(self.scopes, needed):
+            action = "read events" if needed is Scope.READ else "write events"
+            raise Forbidden(
+                f"This API key cannot {action}: its scope is {scopes_text(self.scopes)}. "
+                f"Use a key with the {needed.value} scope."
+            )

@@ -19,6 +19,12 @@ class CodedError(Exception):
         self.extensions = extensions
 
 
+class Forbidden(CodedError):
+    """The API key may not do this: its scopes leave it out (storage.keys.Scope)."""
+
+    code = "FORBIDDEN"
+
+
 class NotFound(CodedError):
     code = "NOT_FOUND"
 

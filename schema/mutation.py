@@ -38,6 +38,7 @@ from storage.idempotency import (
     InvalidIdempotencyKey,
     idempotency,
 )
+from storage.keys import Scope
 
 _GRAPHQL_FIELD = {"event_type": "eventType", "container_id": "containerId"}
 _ITEM_FIELD = re.compile(r"\[(\d+)\](?:\.(\w+))?")
@@ -85,7 +86,7 @@ async def _log(
     except InvalidIdempotencyKey as error:
         raise BadUserInput(f"idempotencyKey {error}", field="idempotencyKey") from None
     try:
-        logged = await info.context.db.writer.log(org_id, items, once)
+        logged = await info.context.db.writer.log(org_id, items, once, key_id=info.context.key_id)
     except IdempotencyKeyReused:
         raise IdempotencyKeyReusedError(
             "This idempotencyKey was already used for different events; "
@@ -123,6 +124,7 @@ class Mutation:
     ) -> LogContainerEventPayload:
         if org_id != info.context.org_id:
             raise NotFound(f"Organization {org_id!r} not found.")
+        info.context.require(Scope.WRITE)
         if not is_valid_id(container_id):
             raise BadUserInput(f"containerId {ID_RULE}", field="containerId")
         new_event = _new_event(event)
@@ -146,6 +148,7 @@ class Mutation:
     ) -> LogContainerEventsPayload:
         if org_id != info.context.org_id:
             raise NotFound(f"Organization {org_id!r} not found.")
+        info.context.require(Scope.WRITE)
         submitted = [
             {name: value for name, value in vars(item).items() if value is not None}
             for item in events

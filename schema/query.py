@@ -6,6 +6,7 @@ from strawberry.types import Info
 from schema.context import Context
 from schema.errors import NotFound
 from schema.types import Organization
+from storage.keys import Scope
 from storage.orgs import get_org
 
 
@@ -19,4 +20,5 @@ class Query:
                 row = await get_org(reader, org_id=id)
         if row is None:
             raise NotFound(f"Organization {id!r} not found.")
+        info.context.require(Scope.READ)
         return Organization.from_row(row)

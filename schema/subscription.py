@@ -22,6 +22,7 @@ from storage.broker import (
 from storage.cursors import InvalidCursor, decode_event_cursor, encode_event_cursor
 from storage.domain import is_valid_id
 from storage.events import EventRecord
+from storage.keys import Scope
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class Subscription:
         context = info.context
         if org_id != context.org_id:
             raise NotFound(f"Organization {org_id!r} not found.")
+        context.require(Scope.READ)
         if container_id is not None and not is_valid_id(container_id):
             raise BadUserInput("containerId is not a valid container id", field="containerId")
         try:

@@ -86,6 +86,10 @@ class Event:
     received_at: datetime
     actor: str | None
     details: JSON | None
+    key_id: strawberry.ID | None = strawberry.field(
+        description="The API key that wrote this event (its id, never its secret); null for "
+        "events written without one, such as by the command line."
+    )
     org_id: strawberry.Private[str]
 
     @classmethod
@@ -99,6 +103,7 @@ class Event:
             received_at=row["received_at"],
             actor=row["actor"],
             details=cast(JSON, row["details"]),
+            key_id=None if row["key_id"] is None else strawberry.ID(row["key_id"]),
             org_id=row["org_id"],
         )
 

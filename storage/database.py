@@ -86,6 +86,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(
             self.url,
             echo=echo,
+            # Bound parameters (event details, key hashes) stay out of exception text and logs.
+            hide_parameters=True,
             json_serializer=_dump_json,
             json_deserializer=orjson.loads,
             **pool,

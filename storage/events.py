@@ -5,6 +5,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache
+from itertools import repeat
 from typing import Any, TypedDict
 
 import orjson
@@ -94,6 +95,7 @@ class EventRecord(TypedDict):
     received_at: datetime
     actor: str | None
     details: dict[str, Any]  # {} when the event has none
+    key_id: str | None  # the API key that wrote it; None when written without one
 
 
 EVENT_COLUMNS = tuple(events.c.keys())
@@ -128,6 +130,7 @@ def _sqlite_event_records(rows: Sequence[Any]) -> list[EventRecord]:
             "actor": actor,
             # SQLAlchemy's JSON type stores a None given to it as the JSON text null.
             "details": (parse_json(details) or {}) if details is not None else {},
+            "key_id": key_id,
         }
         for (
             event_id,
@@ -139,6 +142,7 @@ def _sqlite_event_records(rows: Sequence[Any]) -> list[EventRecord]:
             received_at,
             actor,
             details,
+            key_id,
         ) in rows
     ]
 
@@ -408,10 +412,15 @@ async def log_events(
 
 
 async def store_events(
-    session: AsyncSession, *, org_id: str, items: Sequence[tuple[str, NewEvent]]
+    session: AsyncSession,
+    *,
+    org_id: str,
+    items: Sequence[tuple[str, NewEvent]],
+    key_ids: Sequence[str | None] | None = None,
 ) -> list[EventRecord]:
     """Write (container_id, event) pairs in the session's transaction, registering new
-    containers, without committing; returns the rows in input order."""
+    containers, without committing; returns the rows in input order. `key_ids`, one per
+    item, names the API key that wrote each (None: no key)."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         # Readers and pollers take "after id N" of an org to mean nothing of the org at or
@@ -456,8 +465,11 @@ async def store_events(
             "received_at": received_at,
             "actor": new_event.actor,
             "details": new_event.details,
+            "key_id": key_id,
         }
-        for container_id, new_event in items
+        for (container_id, new_event), key_id in zip(
+            items, key_ids or repeat(None, len(items)), strict=True
+        )
     ]
     # The records are what is written (times in UTC, as stored), not read back.
     ids = await _insert_events(session, dialect, rows)

@@ -2,7 +2,9 @@
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Row, Select, bindparam, select, update
@@ -14,12 +16,63 @@ from storage.models import api_keys, utcnow
 KEY_PREFIX = "egw_"
 
 
+class Scope(StrEnum):
+    """What a key may do. `read`: every GET and GraphQL query and subscription; `write`: every
+    POST and GraphQL mutation; `admin`: both (and whatever administration the API grows)."""
+
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+DEFAULT_SCOPES = frozenset({Scope.READ, Scope.WRITE})
+
+
+class InvalidScopes(ValueError):
+    pass
+
+
+def parse_scopes(text: str) -> frozenset[Scope]:
+    """Scopes from text such as "read", "read,write" or "read write"; raises InvalidScopes."""
+    names = text.replace(",", " ").split()
+    if not names:
+        raise InvalidScopes("name at least one scope: read, write or admin")
+    try:
+        return frozenset(Scope(name.lower()) for name in names)
+    except ValueError:
+        raise InvalidScopes(f"{text!r} is not a scope: use read, write or admin") from None
+
+
+def scopes_text(scopes: Iterable[Scope]) -> str:
+    """The stored form: space-separated, in the enum's order."""
+    chosen = set(scopes)
+    return " ".join(scope.value for scope in Scope if scope in chosen)
+
+
+def allows(scopes: frozenset[Scope], needed: Scope) -> bool:
+    return needed in scopes or Scope.ADMIN in scopes
+
+
+@dataclass(frozen=True)
+class KeyHolder:
+    """Who a request's key speaks for: the key's id (never its secret), its org, its scopes."""
+
+    key_id: str
+    org_id: str
+    scopes: frozenset[Scope]
+
+    def may(self, needed: Scope) -> bool:
+        return allows(self.scopes, needed)
+
+
 def hash_key(secret: str) -> str:
     # The secret carries 256 random bits, so a fast hash is enough: nothing to brute-force.
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-async def add_key(session: AsyncSession, *, org_id: str) -> tuple[Row, str]:
+async def add_key(
+    session: AsyncSession, *, org_id: str, scopes: Iterable[Scope] = DEFAULT_SCOPES
+) -> tuple[Row, str]:
     """Add a key to the session's transaction; returns the stored row and the secret (once)."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     row = (
@@ -31,6 +84,7 @@ async def add_key(session: AsyncSession, *, org_id: str) -> tuple[Row, str]:
                 key_hash=hash_key(secret),
                 prefix=secret[:10],
                 created_at=utcnow(),
+                scopes=scopes_text(scopes),
             )
             .returning(*api_keys.c)
         )
@@ -38,9 +92,11 @@ async def add_key(session: AsyncSession, *, org_id: str) -> tuple[Row, str]:
     return row, secret
 
 
-async def create_key(session: AsyncSession, *, org_id: str) -> tuple[Row, str]:
+async def create_key(
+    session: AsyncSession, *, org_id: str, scopes: Iterable[Scope] = DEFAULT_SCOPES
+) -> tuple[Row, str]:
     """Create a key for an org and commit; returns the stored row and the secret (once)."""
-    row, secret = await add_key(session, org_id=org_id)
+    row, secret = await add_key(session, org_id=org_id, scopes=scopes)
     await session.commit()
     return row, secret
 
@@ -61,13 +117,16 @@ async def revoke_key(session: AsyncSession, *, key_id: str) -> bool:
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def _active_key_org() -> Select[Any]:
-    return select(api_keys.c.org_id).where(
+def _active_key() -> Select[Any]:
+    return select(api_keys.c.id, api_keys.c.org_id, api_keys.c.scopes).where(
         api_keys.c.key_hash == bindparam("key_hash"), api_keys.c.revoked_at.is_(None)
     )
 
 
-async def org_for_key(reader: Reader, *, key_hash: str) -> str | None:
-    """The org an active key (given by its hash_key) belongs to; None if unknown or revoked."""
-    rows = await reader.fetch("active_key_org", _active_key_org, {"key_hash": key_hash})
-    return rows[0][0] if rows else None
+async def holder_of_key(reader: Reader, *, key_hash: str) -> KeyHolder | None:
+    """Who an active key (given by its hash_key) speaks for; None if unknown or revoked."""
+    rows = await reader.fetch("active_key", _active_key, {"key_hash": key_hash})
+    if not rows:
+        return None
+    key_id, org_id, scopes = rows[0]
+    return KeyHolder(key_id, org_id, parse_scopes(scopes))

@@ -116,6 +116,9 @@ class Event(SQLModel, table=True):
     received_at: datetime = Field(sa_type=UTCDateTime)
     actor: str | None = Field(default=None, max_length=256)
     details: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    # The API key that wrote it (its id, never the secret); None when written without one
+    # (the CLI, the demo, events stored before keys were recorded).
+    key_id: str | None = Field(default=None, max_length=32)
 
 
 class EventZone(SQLModel, table=True):
@@ -175,6 +178,10 @@ class ApiKey(SQLModel, table=True):
     prefix: str = Field(max_length=16)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # What the key may do (storage.keys.Scope), space-separated: "read write" by default.
+    scopes: str = Field(
+        default="read write", max_length=32, sa_column_kwargs={"server_default": "read write"}
+    )
 
 
 class IdempotencyKey(SQLModel, table=True):

@@ -56,6 +56,7 @@ class _Write:
     org_id: str
     items: Sequence[tuple[str, NewEvent]]
     idempotency: Idempotency | None = None
+    key_id: str | None = None  # the API key writing them
     stored: asyncio.Future[list[EventRecord]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -89,15 +90,18 @@ class EventWriter:
         org_id: str,
         items: Sequence[tuple[str, NewEvent]],
         idempotency: Idempotency | None = None,
+        *,
+        key_id: str | None = None,
     ) -> Logged:
-        """Store (container_id, event) pairs, all or nothing; their rows once committed.
+        """Store (container_id, event) pairs, all or nothing, as written with the API key
+        `key_id` (None: none); their rows once committed.
 
         With an idempotency key already used for the same request, nothing is stored and the
         rows are those stored then. Raises IdempotencyKeyReused (another request used the key)
         or IdempotencyKeyInFlight (the first request with it is not answered yet).
         """
         if idempotency is None:
-            return Logged(await self._store(_Write(org_id, items)), replayed=False)
+            return Logged(await self._store(_Write(org_id, items, key_id=key_id)), False)
         taken = (org_id, idempotency.key)
         if taken in self._in_flight:
             raise IdempotencyKeyInFlight(idempotency.key)
@@ -106,7 +110,8 @@ class EventWriter:
             if (rows := await self._stored_answer(org_id, idempotency)) is not None:
                 return Logged(rows, replayed=True)
             try:
-                return Logged(await self._store(_Write(org_id, items, idempotency)), False)
+                write = _Write(org_id, items, idempotency, key_id)
+                return Logged(await self._store(write), replayed=False)
             except IntegrityError:
                 # Another process took the key first: answer what it stored.
                 if (rows := await self._stored_answer(org_id, idempotency)) is None:
@@ -219,7 +224,8 @@ async def _store_group(
     for org_id, indexes in groupby(by_org, key=lambda index: group[index].org_id):
         members = list(indexes)
         items = [item for index in members for item in group[index].items]
-        rows = await store_events(session, org_id=org_id, items=items)
+        key_ids = [group[index].key_id for index in members for _item in group[index].items]
+        rows = await store_events(session, org_id=org_id, items=items, key_ids=key_ids)
         start = 0
         for index in members:
             end = start + len(group[index].items)

@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from storage.database import Database
 from storage.domain import NewEvent
 from storage.events import EventRecord, log_events
+from storage.keys import DEFAULT_SCOPES, Scope, create_key, hash_key, holder_of_key
 from storage.models import Event
 from storage.orgs import create_org
 
@@ -19,6 +20,21 @@ async def make_org(db: Database, org_id: str, name: str | None = None) -> str:
     async with db.session() as session:
         _key, secret = await create_org(session, org_id=org_id, name=name)
     return secret
+
+
+async def make_key(db: Database, org_id: str, scopes: frozenset[Scope] = DEFAULT_SCOPES) -> str:
+    """Another API key for an existing org, with these scopes; returns its secret."""
+    async with db.session() as session:
+        _key, secret = await create_key(session, org_id=org_id, scopes=scopes)
+    return secret
+
+
+async def key_id_of(db: Database, secret: str) -> str:
+    """The id of the key with this secret (what events record), never the secret."""
+    async with db.reader() as reader:
+        holder = await holder_of_key(reader, key_hash=hash_key(secret))
+    assert holder is not None, "no such active key"
+    return holder.key_id
 
 
 def new_event(index: int = 0, **fields: Any) -> NewEvent:

@@ -19,7 +19,7 @@ from gateway.demo import (
 from storage.database import Database
 from storage.domain import EventStatus, EventType
 from storage.events import Page, list_events
-from storage.keys import hash_key, org_for_key
+from storage.keys import hash_key, holder_of_key
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -90,9 +90,11 @@ async def test_rerunning_the_demo_keeps_its_events_and_makes_a_fresh_key(tmp_pat
         second_key, _ = await prepare_demo(db, event_count=120)
         async with db.reader() as reader:
             stored = await list_events(reader, org_id=DEMO_ORG_ID, page=Page(limit=1000))
-            owners = {
-                await org_for_key(reader, key_hash=hash_key(key)) for key in (first_key, second_key)
-            }
+            holders = [
+                await holder_of_key(reader, key_hash=hash_key(key))
+                for key in (first_key, second_key)
+            ]
+            owners = {holder.org_id for holder in holders if holder is not None}
     finally:
         await db.dispose()
 

@@ -258,8 +258,10 @@ async def test_events_show_the_documented_json_shape(client, db, acme_key):
         "received_at",
         "actor",
         "details",
+        "key_id",
     }
     assert isinstance(event["id"], int)
+    assert event["key_id"] is None  # stored without a key, as the command line does
     assert event["org_id"] == "acme" and event["container_id"] == "c1"
     assert (event["event_type"], event["status"]) == ("BLOCK", "FAILURE")
     assert event["timestamp"] == "2023-11-18T12:00:00Z"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from tests.factories import auth, count_events
+from tests.factories import auth, count_events, key_id_of
 from tests.rest_assertions import assert_problem
 
 EVENTS_OF_C1 = "/orgs/acme/containers/c1/events"
@@ -43,6 +43,7 @@ async def test_post_logs_the_spec_example_bare_or_wrapped(client, db, acme_key, 
         "timestamp": "2023-11-18T12:00:00Z",
         "actor": None,
         "details": {},
+        "key_id": await key_id_of(db, acme_key),
     }
     assert await count_events(db) == 1
 

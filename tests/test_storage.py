@@ -14,7 +14,7 @@ from storage.database import Database, normalize_url
 from storage.domain import EventFilter, Order
 from storage.driver import Reader
 from storage.events import Page, Window, list_events, log_events
-from storage.keys import create_key, hash_key, org_for_key, revoke_key
+from storage.keys import DEFAULT_SCOPES, KeyHolder, create_key, hash_key, holder_of_key, revoke_key
 from storage.models import Event, UTCDateTime, api_keys
 from storage.orgs import get_container
 from tests.factories import count_events, make_events, make_org, new_event
@@ -140,9 +140,11 @@ async def test_api_keys_are_stored_only_as_hashes_and_stop_working_when_revoked(
         stored = (await session.execute(select(api_keys))).all()
         assert all(secret not in row.key_hash and secret != row.prefix for row in stored)
         async with db.reader() as reader:
-            assert await org_for_key(reader, key_hash=hash_key(secret)) == "acme"
+            assert await holder_of_key(reader, key_hash=hash_key(secret)) == KeyHolder(
+                key.id, "acme", DEFAULT_SCOPES
+            )
             assert await revoke_key(session, key_id=key.id)
-            assert await org_for_key(reader, key_hash=hash_key(secret)) is None
+            assert await holder_of_key(reader, key_hash=hash_key(secret)) is None
         assert not await revoke_key(session, key_id=key.id)
 
 
