@@ -20,6 +20,7 @@ from gateway.config import DATABASE_URL_VARIABLE, Settings
 from gateway.demo import run_demo
 from gateway.logs import logging_config
 from gateway.persisted import PersistedOperations
+from schema import schema_sdl
 from storage.database import Database, normalize_url
 from storage.domain import ID_RULE, is_valid_id
 from storage.keys import (
@@ -269,6 +270,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "queries", help="list the operations of queries/ (persisted mode): name and sha256"
     )
+    commands.add_parser(
+        "schema", help="print the GraphQL schema (SDL), as kept in schema/schema.graphql"
+    )
 
     # --database-url is accepted before or after the command name.
     for leaf in (
@@ -313,6 +317,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         case "queries", _:
             for operation in PersistedOperations.from_folder():
                 print(f"{operation.name}\t{operation.sha256}")
+        case "schema", _:
+            print(schema_sdl(), end="")
 
 
 def _first_line(error: Exception) -> str:

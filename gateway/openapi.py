@@ -40,6 +40,13 @@ ERRORS = {
         "(`admin` allows both)."
     ),
     "404": _problem("Unknown organization or container, or another organization's."),
+    "429": {
+        **_problem(
+            "Over the key's rate limit (only when the server sets one: "
+            "EVENTS_GATEWAY_RATE_LIMIT); retry after `Retry-After` seconds."
+        ),
+        "headers": {"Retry-After": {"schema": {"type": "string"}}},
+    },
 }
 
 IDEMPOTENCY_KEY = {

@@ -124,3 +124,9 @@ def build_schema(
         execution_context_class=GatewayExecutor,
         scalar_overrides={datetime: DateTime},
     )
+
+
+def schema_sdl() -> str:
+    """The schema in GraphQL SDL, as `events-gateway schema` prints it and schema/schema.graphql
+    keeps it (tests/test_schema_sdl.py fails when the two differ)."""
+    return build_schema().as_str() + "\n"
