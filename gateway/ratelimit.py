@@ -166,24 +166,39 @@ class _Weigher:
         }
         self.variables.update(variables)
         self.operation = operation
+        # Each fragment is weighed once: spreading one twice in each of N nested fragments
+        # would otherwise take 2^N steps.
+        self._fragment_weights: dict[str, int] = {}
+        self._weighing: set[str] = set()
 
     def weigh(self) -> int:
-        return self._selections(self.operation.selection_set, frozenset())
+        return self._selections(self.operation.selection_set)
 
-    def _selections(self, selection_set: SelectionSetNode | None, spread: frozenset[str]) -> int:
+    def _selections(self, selection_set: SelectionSetNode | None) -> int:
         weight = 0
         for selection in selection_set.selections if selection_set else ():
             if isinstance(selection, FieldNode):
-                children = self._selections(selection.selection_set, spread)
+                children = self._selections(selection.selection_set)
                 weight += 1 + self._page_size(selection) * children
             elif isinstance(selection, InlineFragmentNode):
-                weight += self._selections(selection.selection_set, spread)
+                weight += self._selections(selection.selection_set)
             elif isinstance(selection, FragmentSpreadNode):
-                name = selection.name.value
-                fragment = self.fragments.get(name)
-                # A fragment spread inside itself is invalid; the app answers that.
-                if fragment is not None and name not in spread:
-                    weight += self._selections(fragment.selection_set, spread | {name})
+                weight += self._fragment(selection.name.value)
+        return weight
+
+    def _fragment(self, name: str) -> int:
+        if name in self._fragment_weights:
+            return self._fragment_weights[name]
+        fragment = self.fragments.get(name)
+        # A fragment spread inside itself is invalid; the app answers that.
+        if fragment is None or name in self._weighing:
+            return 0
+        self._weighing.add(name)
+        try:
+            weight = self._selections(fragment.selection_set)
+        finally:
+            self._weighing.discard(name)
+        self._fragment_weights[name] = weight
         return weight
 
     def _page_size(self, field: FieldNode) -> int:

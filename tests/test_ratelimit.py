@@ -1,17 +1,19 @@
 """Per-key rate limits: off by default; REST by request, GraphQL by cost; shared via Redis."""
 
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import orjson
 import pytest
 from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.ratelimit import open_storage
+from gateway.ratelimit import GRAPHQL_WEIGHT_PER_UNIT, graphql_cost, open_storage
 from storage.database import Database
 from storage.keys import create_key
 from tests.factories import auth, count_events
@@ -288,3 +290,26 @@ async def test_an_unreachable_redis_leaves_requests_unlimited_and_says_so(db, ac
     assert not any("RateLimit-Limit" in answer.headers for answer in answers)
     assert "rate limit storage failed" in caplog.text
     assert acme_key not in caplog.text
+
+
+def test_nested_fragments_are_weighed_once_each_not_once_per_path():
+    # Each fragment spreads the next twice: weighed per path, 40 levels would take 2^40 steps.
+    levels = 40
+    fragments = " ".join(
+        f"fragment F{n} on Organization {{ ...F{n + 1} ...F{n + 1} }}" for n in range(levels)
+    )
+    query = (
+        f'{{ org(id: "acme") {{ ...F0 }} }} {fragments} fragment F{levels} on Organization {{ id }}'
+    )
+    body = orjson.dumps({"query": query})
+    weighed: list[int] = []
+
+    worker = threading.Thread(
+        target=lambda: weighed.append(graphql_cost(body, b"", max_tokens=100_000)), daemon=True
+    )
+    worker.start()
+    worker.join(10)
+
+    assert weighed, "weighing the document did not finish"
+    # Still what it asks for: 2^40 ids, far over any budget.
+    assert weighed[0] > 2**40 // GRAPHQL_WEIGHT_PER_UNIT
