@@ -42,7 +42,7 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, No
     "message",
     "asctime",
     "taskName",
-    "color_message",
+    "color_message",  # uvicorn's copy of the message with terminal colours
 }
 
 
