@@ -246,6 +246,10 @@ def cases(org_id: str, max_body_bytes: int = MAX_BODY_BYTES) -> list[Case]:
             "operations: 500 with no operationName",
             " ".join(f"query Q{i} {{ __typename }}" for i in range(500)),
         ),
+        _query(
+            "operations: three named, no operationName",
+            "query A { __typename } query B { __typename } query C { __typename }",
+        ),
         _query("operations: an unknown operationName", "query A { __typename }", operationName="B"),
         _query("operations: two anonymous", "{ __typename } { __typename }"),
         _query(

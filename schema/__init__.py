@@ -1,6 +1,6 @@
 """The Strawberry schema, assembled in one place with its abuse limits."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -9,6 +9,7 @@ from graphql import (
     ASTValidationRule,
     GraphQLError,
     NoSchemaIntrospectionCustomRule,
+    OperationDefinitionNode,
     ValidationContext,
 )
 from strawberry.extensions import (
@@ -17,6 +18,7 @@ from strawberry.extensions import (
     MaxTokensLimiter,
     ParserCache,
     QueryDepthLimiter,
+    SchemaExtension,
     ValidationCache,
 )
 from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
@@ -80,6 +82,23 @@ class NoIntrospection(NoSchemaIntrospectionCustomRule):
         super().report_error(error)
 
 
+class OperationNameRequired(SchemaExtension):
+    """The spec's GetOperation: a document of several operations needs `operationName` to
+    pick one (Strawberry would run the first)."""
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        document = context.graphql_document
+        # `operation_name` falls back to the first operation's: only the given one tells.
+        if context._provided_operation_name is None and document is not None:
+            operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+            if len(operations) > 1:
+                raise GraphQLError(
+                    "Must provide operation name if query contains multiple operations."
+                )
+        yield
+
+
 def _known_fragments_only(rule: type[ASTValidationRule]) -> type[ASTValidationRule]:
     """The depth rule looks each spread fragment up and fails with a KeyError on an unknown
     one; such a document is left to KnownFragmentNamesRule, which reports it."""
@@ -118,6 +137,7 @@ def build_schema(
             StreamErrorCodes,  # ErrorCodes, for subscriptions' results too
             lambda: MaxTokensLimiter(max_token_count=max_tokens),
             lambda: AddValidationRules(limit_rules),
+            OperationNameRequired,
             lambda: ParserCache(maxsize=256),
             lambda: ValidationCache(maxsize=256),
         ],

@@ -68,6 +68,7 @@ async def test_a_hostile_request_gets_a_coded_answer(client, db, acme_key, name)
         "json: query is a number",
         "json: variables is a list",
         "operations: 500 with no operationName",
+        "operations: three named, no operationName",
         "operations: an unknown operationName",
         "directives: 500 @include on one field",
         "content type: text/plain",
