@@ -18,6 +18,7 @@ from gateway.headers import HeaderSizeLimit
 from gateway.limits import BodySizeLimit
 from gateway.logs import RequestLog
 from gateway.openapi import openapi_document
+from gateway.ops import Operations
 from gateway.persisted import PersistedOperations
 from gateway.problems import (
     Problem,
@@ -29,6 +30,7 @@ from gateway.problems import (
 from gateway.ratelimit import Budget, RateLimit
 from gateway.responses import JSONResponse
 from gateway.timeouts import RequestTimeout
+from gateway.ui import UIAssets, graphiql_page
 from schema import build_schema
 from storage.broker import Broker, fan_out
 from storage.database import Database
@@ -45,6 +47,8 @@ def create_app(
     db = db or settings.database()
     authenticator = Authenticator(db, cache_seconds=settings.key_cache_seconds)
     broker = broker or Broker()
+    operations = Operations(db, broker)  # /healthz, /readyz, /metrics
+    ui_assets = UIAssets.configured(settings.ui_assets)  # GraphiQL's and /docs' files
     graphql = GraphQLApp(
         build_schema(
             max_depth=settings.graphql_max_depth,
@@ -57,6 +61,7 @@ def create_app(
         broker=broker,
         graphiql=settings.graphiql,
         persisted=PersistedOperations.from_folder() if settings.graphql_persisted_only else None,
+        graphiql_page=graphiql_page(ui_assets, PersistedOperations.from_folder()),
     )
     document = openapi_document()
     # Off unless EVENTS_GATEWAY_RATE_LIMIT is set; a bad rate or storage fails here, at start.
@@ -93,10 +98,14 @@ def create_app(
             Route("/graphql", graphql),
             WebSocketRoute("/graphql", graphql),  # subscriptions
             Route("/openapi.json", openapi, methods=["GET"]),
+            *ui_assets.routes(),  # /docs, and /ui-assets/ when served from a local folder
+            *operations.routes,
         ],
         middleware=[
             # Outermost: every answer below, errors included, carries the request id.
             Middleware(RequestLog),
+            # Next: counts and times every answer below, refusals of the limits included.
+            operations.middleware,
             Middleware(HeaderSizeLimit, max_bytes=settings.max_header_bytes),
             Middleware(RequestTimeout, seconds=settings.request_timeout),
             Middleware(

@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import uvicorn
@@ -20,6 +21,7 @@ from gateway.config import DATABASE_URL_VARIABLE, Settings
 from gateway.demo import run_demo
 from gateway.logs import logging_config
 from gateway.persisted import PersistedOperations
+from gateway.ui import AssetFetchError, fetch_assets
 from schema import schema_sdl
 from storage.database import Database, normalize_url
 from storage.domain import ID_RULE, is_valid_id
@@ -210,6 +212,22 @@ def _worker_count(raw: str) -> int:
     return int(raw)
 
 
+def _assets_folder(settings: Settings) -> Path:
+    if settings.ui_assets and not settings.ui_assets.startswith(("http://", "https://")):
+        return Path(settings.ui_assets)
+    return Path("ui-assets")
+
+
+def assets_fetch(folder: Path) -> None:
+    """Fill `folder` with the pinned GraphiQL and Swagger UI files, checked against their hashes."""
+    try:
+        written = fetch_assets(folder, say=_say)
+    except AssetFetchError as error:
+        _fail(f"assets: {error}")
+    _say(f"{written} file(s) written; {folder} holds every pinned file")
+    _say(f"serve them with EVENTS_GATEWAY_UI_ASSETS={folder.resolve()}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="events-gateway", description=__doc__)
     parser.add_argument(
@@ -267,6 +285,19 @@ def _parser() -> argparse.ArgumentParser:
     keys_revoke_parser = keys.add_parser("revoke", help="revoke a key")
     keys_revoke_parser.add_argument("key_id", metavar="KEY_ID")
 
+    assets = commands.add_parser(
+        "assets", help="GraphiQL's and /docs' files for EVENTS_GATEWAY_UI_ASSETS"
+    ).add_subparsers(dest="action", required=True)
+    assets_fetch_parser = assets.add_parser(
+        "fetch", help="download the pinned files from the npm registry into a folder"
+    )
+    assets_fetch_parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where to put them (default: $EVENTS_GATEWAY_UI_ASSETS if a folder, else ./ui-assets)",
+    )
+
     commands.add_parser(
         "queries", help="list the operations of queries/ (persisted mode): name and sha256"
     )
@@ -314,6 +345,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
             asyncio.run(_with_database(settings, lambda db: keys_list(db, args.org_id)))
         case "keys", "revoke":
             asyncio.run(_with_database(settings, lambda db: keys_revoke(db, args.key_id)))
+        case "assets", "fetch":
+            assets_fetch(args.dir or _assets_folder(settings))
         case "queries", _:
             for operation in PersistedOperations.from_folder():
                 print(f"{operation.name}\t{operation.sha256}")

@@ -61,6 +61,9 @@ class Settings:
     # Only the operations stored in queries/ are executed (gateway/persisted.py).
     graphql_persisted_only: bool = False
     graphiql: bool = True
+    # Where GraphiQL's and /docs' files come from (gateway/ui.py): "" for the public CDN, a
+    # mirror's base URL, or a folder filled by `events-gateway assets fetch`.
+    ui_assets: str = ""
     key_cache_seconds: float = 2.0
     read_pool_size: int = 2
     # PostgreSQL's pool for sessions (writes, keys, admin), per server process.
@@ -99,6 +102,7 @@ class Settings:
                 "GRAPHQL_PERSISTED_ONLY", cls.graphql_persisted_only
             ),
             "graphiql": _env_flag("GRAPHIQL", cls.graphiql),
+            "ui_assets": os.environ.get(ENV_PREFIX + "UI_ASSETS", cls.ui_assets).strip(),
             "key_cache_seconds": _env_float("KEY_CACHE_SECONDS", cls.key_cache_seconds),
             "read_pool_size": _env_int("READ_POOL_SIZE", cls.read_pool_size),
             "pool_size": _env_int("POOL_SIZE", cls.pool_size),

@@ -6,6 +6,7 @@ none or a malformed one closes the socket with 4401, an unknown or revoked one w
 """
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -14,13 +15,14 @@ from cross_web import HTTPException as StrawberryHTTPException
 from graphql import GraphQLError
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry import Schema
 from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLRequestData
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
@@ -70,6 +72,14 @@ class SocketContext(LiveContext):
 
 
 class _SocketAdapter(ASGIWebSocketAdapter):
+    async def send_json(self, message: Mapping[str, object]) -> None:
+        # Strawberry sends what encode_json returns as bytes in binary frames; clients of
+        # graphql-transport-ws (gql, graphql-ws in browsers) accept only text frames.
+        try:
+            await self.ws.send_text(dumps(message).decode())
+        except WebSocketDisconnect as error:
+            raise WebSocketDisconnected from error
+
     async def close(self, code: int, reason: str) -> None:
         # on_ws_connect closes with its own code (4401) before Strawberry's rejection (4403).
         if self.ws.application_state != WebSocketState.DISCONNECTED:
@@ -113,6 +123,7 @@ class GraphQLApp(GraphQL[Context, None]):
         broker: Broker,
         graphiql: bool = True,
         persisted: PersistedOperations | None = None,
+        graphiql_page: str | None = None,
     ) -> None:
         super().__init__(
             schema,
@@ -123,6 +134,8 @@ class GraphQLApp(GraphQL[Context, None]):
         self.graphql_transport_ws_handler_class = _TransportWSHandler
         # Set: only these operations are executed (EVENTS_GATEWAY_GRAPHQL_PERSISTED_ONLY).
         self.persisted = persisted
+        # The gateway's own GraphiQL page (gateway/ui.py); None keeps Strawberry's CDN page.
+        self.graphiql_page = graphiql_page
         self.db = db
         self.authenticator = authenticator
         self.broker = broker
@@ -148,6 +161,11 @@ class GraphQLApp(GraphQL[Context, None]):
         except StrawberryHTTPException as error:
             code = HTTP_ERROR_CODES.get(error.status_code, "BAD_REQUEST")
             return graphql_error(error.status_code, error.reason, code)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        if self.graphiql_page is None:
+            return await super().render_graphql_ide(request)
+        return HTMLResponse(self.graphiql_page)
 
     def _is_ide_page(self, request: Request) -> bool:
         return bool(self.graphql_ide) and self.should_render_graphql_ide(

@@ -1,5 +1,7 @@
 """The OpenAPI 3.1 document of the REST shim, built from the same constants as its routes."""
 
+import json
+from http import HTTPStatus
 from typing import Any
 
 from storage.counts import MAX_BUCKETS, CountBy
@@ -22,32 +24,95 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _problem(description: str) -> dict[str, Any]:
+# The legacy specification's one example (Create a Container Event), and what the gateway
+# answers around it: the examples below are built from these, as the docs page shows them.
+SPEC_EVENT = {"event_type": "ACCESS", "timestamp": "2023-11-18T12:00:00Z", "status": "SUCCESS"}
+SPEC_MESSAGE = "Event logged successfully"
+EXAMPLE_EVENT: dict[str, Any] = {
+    "id": 101,
+    "org_id": "acme",
+    "container_id": "vault-1",
+    **SPEC_EVENT,
+    "received_at": "2023-11-18T12:00:00.120000Z",
+    "actor": None,
+    "details": {},
+    "key_id": "key_9ed16792ae947ba2",
+}
+EXAMPLE_FAILURE: dict[str, Any] = {
+    "container_id": "vault-2",
+    "event_type": "BLOCK",
+    "status": "FAILURE",
+    "timestamp": "2023-11-18T12:00:05Z",
+    "actor": "agent-42",
+    "details": {"ip": "10.0.0.7"},
+}
+_TYPE_NAMES = [f"'{member.value}'" for member in EventType]
+EVENT_TYPE_RULE = f"must be one of {', '.join(_TYPE_NAMES[:-1])} or {_TYPE_NAMES[-1]}"
+
+
+def _problem(
+    description: str, status: int, detail: str, errors: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    example: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if errors:
+        example["errors"] = errors
     return {
         "description": description,
-        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        "content": {"application/problem+json": {"schema": _ref("Problem"), "example": example}},
     }
 
 
-ERRORS = {
-    "400": _problem("Invalid input or parameters; `errors` names each offending field."),
-    "401": {
-        **_problem("Missing, unknown or revoked API key."),
-        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
-    },
-    "403": _problem(
-        "The API key's scope does not allow this: reading needs `read`, writing `write` "
-        "(`admin` allows both)."
-    ),
-    "404": _problem("Unknown organization or container, or another organization's."),
-    "429": {
-        **_problem(
-            "Over the key's rate limit (only when the server sets one: "
-            "EVENTS_GATEWAY_RATE_LIMIT); retry after `Retry-After` seconds."
+def _errors(*, needed: str, bad_field: str, rule: str) -> dict[str, Any]:
+    """The errors every operation answers; `needed` the scope it takes, `bad_field` and
+    `rule` the 400 of its example."""
+    other = "write" if needed == "read" else "read"
+    return {
+        "400": _problem(
+            "Invalid input or parameters; `errors` names each offending field.",
+            400,
+            f"{bad_field}: {rule}",
+            [{"field": bad_field, "message": rule}],
         ),
-        "headers": {"Retry-After": {"schema": {"type": "string"}}},
-    },
-}
+        "401": {
+            **_problem(
+                "Missing, unknown or revoked API key.",
+                401,
+                "An API key is required: send 'Authorization: Bearer <key>'.",
+            ),
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        },
+        "403": _problem(
+            "The API key's scope does not allow this: reading needs `read`, writing `write` "
+            "(`admin` allows both).",
+            403,
+            f"This API key cannot {needed} events: its scope is {other}. "
+            f"Use a key with the {needed} scope.",
+        ),
+        "404": _problem(
+            "Unknown organization or container, or another organization's.",
+            404,
+            "Organization 'ghost' not found.",
+        ),
+        "429": {
+            **_problem(
+                "Over the key's rate limit (only when the server sets one: "
+                "EVENTS_GATEWAY_RATE_LIMIT); retry after `Retry-After` seconds.",
+                429,
+                "Rate limit exceeded for this API key; retry in 12 s.",
+            ),
+            "headers": {"Retry-After": {"schema": {"type": "string"}}},
+        },
+    }
+
+
+ERRORS = _errors(needed="read", bad_field="limit", rule=f"must be between 1 and {MAX_PAGE_SIZE}")
+WRITE_ERRORS = _errors(needed="write", bad_field="event_type", rule=EVENT_TYPE_RULE)
+BATCH_ERRORS = _errors(needed="write", bad_field="[1].event_type", rule=EVENT_TYPE_RULE)
 
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
@@ -64,10 +129,20 @@ IDEMPOTENCY_KEY = {
 }
 IDEMPOTENCY_ERRORS = {
     "409": {
-        **_problem("A request with this Idempotency-Key is still being processed."),
+        **_problem(
+            "A request with this Idempotency-Key is still being processed.",
+            409,
+            "A request with this Idempotency-Key is still being processed; "
+            "retry once it is answered.",
+        ),
         "headers": {"Retry-After": {"schema": {"type": "string"}}},
     },
-    "422": _problem("This Idempotency-Key was already used for a different request."),
+    "422": _problem(
+        "This Idempotency-Key was already used for a different request.",
+        422,
+        "This Idempotency-Key was already used for a different request; "
+        "send a new key for a new request.",
+    ),
 }
 REPLAYED = {
     "Idempotent-Replayed": {
@@ -183,7 +258,12 @@ def _event_list(summary: str, parameters: list[dict[str, Any]]) -> dict[str, Any
                             "schema": {"type": "string"},
                         }
                     },
-                    "content": {"application/json": {"schema": _ref("EventList")}},
+                    "content": {
+                        "application/json": {
+                            "schema": _ref("EventList"),
+                            "example": {"events": [EXAMPLE_EVENT], "next_cursor": "ZTEwMQ"},
+                        }
+                    },
                 },
                 **ERRORS,
             },
@@ -399,13 +479,18 @@ def openapi_document() -> dict[str, Any]:
                         "minItems": 1,
                         "maxItems": MAX_BATCH_EVENTS,
                         "items": _ref("NewContainerEvent"),
-                    }
+                    },
+                    "example": [{"container_id": "vault-1", **SPEC_EVENT}, EXAMPLE_FAILURE],
                 },
                 "application/x-ndjson": {
                     "schema": {
                         "type": "string",
                         "description": "One NewContainerEvent JSON object per line.",
-                    }
+                    },
+                    "example": "".join(
+                        json.dumps(event) + "\n"
+                        for event in ({"container_id": "vault-1", **SPEC_EVENT}, EXAMPLE_FAILURE)
+                    ),
                 },
             },
         },
@@ -413,11 +498,24 @@ def openapi_document() -> dict[str, Any]:
             "200": {
                 "description": "Every event of the batch is committed.",
                 "headers": REPLAYED,
-                "content": {"application/json": {"schema": _ref("EventsLogged")}},
+                "content": {
+                    "application/json": {
+                        "schema": _ref("EventsLogged"),
+                        "example": {
+                            "message": "Events logged successfully",
+                            "count": 2,
+                            "ids": [101, 102],
+                        },
+                    }
+                },
             },
-            **ERRORS,
+            **BATCH_ERRORS,
             **IDEMPOTENCY_ERRORS,
-            "413": _problem("The request body is over the batch size limit."),
+            "413": _problem(
+                "The request body is over the batch size limit.",
+                413,
+                "The request body is larger than 33554432 bytes.",
+            ),
         },
     }
     paths["/orgs/{org_id}/events/counts"] = {
@@ -428,7 +526,22 @@ def openapi_document() -> dict[str, Any]:
             "responses": {
                 "200": {
                     "description": "The window's counts.",
-                    "content": {"application/json": {"schema": _ref("EventCounts")}},
+                    "content": {
+                        "application/json": {
+                            "schema": _ref("EventCounts"),
+                            "example": {
+                                "by": "hour",
+                                "since": "2023-11-18T00:00:00Z",
+                                "until": "2023-11-18T03:00:00Z",
+                                "counts": [
+                                    {"key": "2023-11-18T00:00:00Z", "count": 12},
+                                    {"key": "2023-11-18T01:00:00Z", "count": 0},
+                                    {"key": "2023-11-18T02:00:00Z", "count": 5},
+                                ],
+                                "total": 17,
+                            },
+                        }
+                    },
                 },
                 **ERRORS,
             },
@@ -447,7 +560,25 @@ def openapi_document() -> dict[str, Any]:
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": {"oneOf": [_ref("NewEvent"), _ref("WrappedNewEvent")]}
+                    "schema": {"oneOf": [_ref("NewEvent"), _ref("WrappedNewEvent")]},
+                    "examples": {
+                        "specification": {
+                            "summary": "The legacy specification's example request",
+                            "value": SPEC_EVENT,
+                        },
+                        "wrapped": {
+                            "summary": 'The same event wrapped as {"event": ...}',
+                            "value": {"event": SPEC_EVENT},
+                        },
+                        "failure": {
+                            "summary": "A failed attempt, with actor and details",
+                            "value": {
+                                key: value
+                                for key, value in EXAMPLE_FAILURE.items()
+                                if key != "container_id"
+                            },
+                        },
+                    },
                 }
             },
         },
@@ -455,11 +586,21 @@ def openapi_document() -> dict[str, Any]:
             "200": {
                 "description": "Event logged successfully.",
                 "headers": REPLAYED,
-                "content": {"application/json": {"schema": _ref("EventLogged")}},
+                "content": {
+                    "application/json": {
+                        "schema": _ref("EventLogged"),
+                        # The specification's example response, with the event it logged.
+                        "example": {"message": SPEC_MESSAGE, "event": EXAMPLE_EVENT},
+                    }
+                },
             },
-            **ERRORS,
+            **WRITE_ERRORS,
             **IDEMPOTENCY_ERRORS,
-            "413": _problem("The request body is over the size limit."),
+            "413": _problem(
+                "The request body is over the size limit.",
+                413,
+                "The request body is larger than 1048576 bytes.",
+            ),
         },
     }
     paths["/orgs/{org_id}/containers/{container_id}/events"] = container_path

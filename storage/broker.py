@@ -139,6 +139,10 @@ class Broker:
     def published(self, org_id: str) -> int:
         return self._published.get(org_id, 0)
 
+    def following(self) -> int:
+        """How many subscriptions (`follow`) are open in this process, over all orgs."""
+        return sum(len(tail.followers) for tail in self._tails.values())
+
     def wake_all(self) -> None:
         for members in self._subscribers.values():
             for subscriber in members:

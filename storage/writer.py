@@ -84,6 +84,8 @@ class EventWriter:
         self._pruned_at = -PRUNE_EVERY_SECONDS
         # Called with (org_id, rows) once a write's rows are committed (storage.broker).
         self.on_commit: list[Callable[[str, list[EventRecord]], None]] = []
+        # Called with the number of events each transaction committed (gateway.ops' metrics).
+        self.on_transaction: list[Callable[[int], None]] = []
 
     async def log(
         self,
@@ -171,6 +173,11 @@ class EventWriter:
             self._pruned_at = time.monotonic()
         stored = await _store_group(session, group, now)
         await session.commit()
+        for observe in self.on_transaction:
+            try:
+                observe(sum(len(rows) for rows in stored))
+            except Exception:  # committed: a failing hook must not make it look otherwise
+                logger.exception("a transaction hook failed")
         return stored
 
     async def _commit(self, group: list[_Write]) -> None:

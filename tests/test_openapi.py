@@ -16,7 +16,7 @@ from starlette.routing import Route
 from gateway import counts, rest
 from gateway.limits import BATCH_PATH
 from gateway.openapi import openapi_document
-from tests.factories import auth, make_events
+from tests.factories import auth, count_events, make_events
 from tests.rest_assertions import PROBLEM_MEDIA_TYPE, assert_problem
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -283,3 +283,74 @@ async def test_container_id_query_is_documented_on_the_org_lists_only(document):
         in_query = {p["name"] for p in parameters if p["in"] == "query"}
         org_list = method == "get" and "{container_id}" not in path
         assert ("container_id" in in_query) == org_list, (method, path)
+
+
+def documented_examples(document: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(JSON pointer of the media type, example value) for every example of every operation."""
+    found = []
+    for path, method in OPERATIONS:
+        operation = document["paths"][path][method]
+        media = [("requestBody",), *(("responses", status) for status in operation["responses"])]
+        for where in media:
+            owner = operation
+            for part in where:
+                owner = owner.get(part, {})
+            for media_type, content in owner.get("content", {}).items():
+                pointer = _pointer("paths", path, method, *where, "content", media_type)
+                if "example" in content:
+                    found.append((pointer, content["example"]))
+                for name, example in content.get("examples", {}).items():
+                    found.append((f"{pointer}/examples/{name}", example["value"]))
+    return found
+
+
+def test_every_example_matches_its_schema():
+    document = openapi_document()
+    registry = Registry().with_resource(DOCUMENT_URI, DRAFT202012.create_resource(document))
+    examples = documented_examples(document)
+
+    for pointer, example in examples:
+        media_type = pointer.split("/examples/")[0]
+        validator = Draft202012Validator(
+            {"$ref": f"{DOCUMENT_URI}#/{media_type}/schema"},
+            registry=registry,
+            format_checker=Draft202012Validator.FORMAT_CHECKER,
+        )
+        validator.validate(example)
+    # A success example for every operation, and an example of every documented problem.
+    for path, method in OPERATIONS:
+        for status in document["paths"][path][method]["responses"]:
+            assert any(
+                f"/{_pointer('responses', status)}/content/" in pointer for pointer, _ in examples
+            ), (method, path, status)
+
+
+def test_the_specifications_example_request_and_response_are_documented():
+    operation = openapi_document()["paths"]["/orgs/{org_id}/containers/{container_id}/events"]
+    spec_request = {"event_type": "ACCESS", "timestamp": SAMPLE_TIME, "status": "SUCCESS"}
+
+    requests = operation["post"]["requestBody"]["content"]["application/json"]["examples"]
+    response = operation["post"]["responses"]["200"]["content"]["application/json"]["example"]
+
+    assert requests["specification"]["value"] == spec_request
+    assert response["message"] == "Event logged successfully"
+    assert {key: response["event"][key] for key in spec_request} == spec_request
+
+
+async def test_every_request_example_is_accepted(client, db, acme_key):
+    examples = [
+        (pointer, example)
+        for pointer, example in documented_examples(openapi_document())
+        if "/requestBody/" in pointer
+    ]
+    assert len(examples) == 5
+
+    for pointer, example in examples:
+        path = pointer.split("/")[1].replace("~1", "/")
+        if "x-ndjson" in pointer:
+            headers = {**auth(acme_key), "Content-Type": "application/x-ndjson"}
+            answer = await client.post(concrete(path), content=example, headers=headers)
+        else:
+            answer = await send(client, "post", concrete(path), auth(acme_key), body=example)
+        assert answer.status_code == 200, (pointer, answer.text)
+    assert await count_events(db) == 1 + 1 + 1 + 2 + 2
