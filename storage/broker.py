@@ -72,8 +72,11 @@ class Subscriber:
 
     async def wait(self) -> None:
         """Until a notice for the org arrives, or the broker's poll interval passes."""
+        # Not asyncio.wait_for: on Python 3.11 a cancellation (the client's `complete`) that
+        # lands as the wake-up does is swallowed, and the subscription would poll forever.
         with suppress(TimeoutError):
-            await asyncio.wait_for(self._woken.wait(), self._broker.poll_seconds)
+            async with asyncio.timeout(self._broker.poll_seconds):
+                await self._woken.wait()
         self._woken.clear()
 
     def published(self) -> int:
@@ -175,11 +178,12 @@ class Tail:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # asyncio.wait, not `await task` under suppress(CancelledError): that would also
+            # swallow a cancellation of the task calling stop().
+            await asyncio.wait([task])
 
     def add(self, follower: Subscriber) -> None:
         self.followers.add(follower)
@@ -275,11 +279,12 @@ class Listener:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # asyncio.wait, not `await task` under suppress(CancelledError): that would also
+            # swallow a cancellation of the task calling stop().
+            await asyncio.wait([task])
 
     async def _run(self) -> None:
         failures = 0
