@@ -152,7 +152,27 @@ class Broker:
                 subscriber.wake()
 
 
-class Tail:
+class _Background:
+    """A task running `_run` between start() and stop()."""
+
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # asyncio.wait, not `await task` under suppress(CancelledError): that would also
+            # swallow a cancellation of the task calling stop().
+            await asyncio.wait([task])
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Tail(_Background):
     """An org's newest committed events, read from the database once per wake-up for all of
     its subscribers in this process.
 
@@ -172,18 +192,6 @@ class Tail:
         self.top_id = 0
         self._ids: list[int] = []
         self._rows: list[EventRecord] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            # asyncio.wait, not `await task` under suppress(CancelledError): that would also
-            # swallow a cancellation of the task calling stop().
-            await asyncio.wait([task])
 
     def add(self, follower: Subscriber) -> None:
         self.followers.add(follower)
@@ -265,26 +273,14 @@ class Tail:
             follower.wake()
 
 
-class Listener:
+class Listener(_Background):
     """LISTENs for commit notices on PostgreSQL on a connection of its own (a pooled one
     would be handed to other work), reconnecting with backoff when it drops."""
 
     def __init__(self, dsn: str, broker: Broker) -> None:
         self._dsn = dsn
         self._broker = broker
-        self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            # asyncio.wait, not `await task` under suppress(CancelledError): that would also
-            # swallow a cancellation of the task calling stop().
-            await asyncio.wait([task])
 
     async def _run(self) -> None:
         failures = 0
