@@ -40,9 +40,9 @@ import httpx
 from sqlmodel import col, select
 
 from bench.http import Target, cpu_seconds, serving
+from bench.subscriptions import prepare
 from storage.database import Database
 from storage.models import Event
-from storage.orgs import create_org
 
 ROOT = Path(__file__).resolve().parent.parent
 ORG_ID = "soak"
@@ -243,20 +243,6 @@ def vm_rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-async def prepare(url: str) -> str:
-    """A new schema with one org (PostgreSQL: dropped first); the org's API key."""
-    database = Database(url)
-    try:
-        if database.dialect == "postgresql":
-            await database.drop_schema()
-        await database.create_schema()
-        async with database.session() as session:
-            _row, key = await create_org(session, org_id=ORG_ID)
-        return key
-    finally:
-        await database.dispose()
-
-
 async def stored_ids(url: str) -> set[int]:
     database = Database(url)
     try:
@@ -385,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--seconds must be > 0, --warm-up >= 0, --clients >= 1")
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as scratch:
         url = args.database_url or f"sqlite+aiosqlite:///{Path(scratch) / 'events.db'}"
-        key = asyncio.run(prepare(url))
+        key = asyncio.run(prepare(url, ORG_ID))
         env = {**os.environ, "EVENTS_GATEWAY_DATABASE_URL": url}
         target = Target("gateway", "gateway.app:create_app", True, "/openapi.json")
         with serving(target, env) as (base, pid):

@@ -74,7 +74,7 @@ def container_name(number: int) -> str:
     return f"vault-{number:03d}"
 
 
-async def prepare(url: str) -> str:
+async def prepare(url: str, org_id: str = ORG_ID) -> str:
     """A new schema with one org (PostgreSQL: dropped first); the org's API key."""
     database = Database(url)
     try:
@@ -82,7 +82,7 @@ async def prepare(url: str) -> str:
             await database.drop_schema()
         await database.create_schema()
         async with database.session() as session:
-            _row, key = await create_org(session, org_id=ORG_ID)
+            _row, key = await create_org(session, org_id=org_id)
         return key
     finally:
         await database.dispose()

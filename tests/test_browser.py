@@ -10,12 +10,8 @@ Screenshots go to test-artifacts/. Skipped without the system's Chromium or the 
 import asyncio
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -36,6 +32,7 @@ from gateway.ui import (
 )
 from storage.database import Database
 from tests.factories import make_events, make_org
+from tests.servers import free_port, server_process
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -89,17 +86,11 @@ async def _seed(url: str) -> str:
     return key
 
 
-def _free_port() -> int:
-    with closing(socket.socket()) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(ui_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('browser') / 'events.db'}"
     key = asyncio.run(_seed(url))
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "EVENTS_GATEWAY_DATABASE_URL": url,
@@ -107,22 +98,8 @@ def server(ui_assets: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "EVENTS_GATEWAY_LOG_LEVEL": "warning",
     }
     command = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                httpx.get(base + "/openapi.json", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("the server did not start") from None
-                time.sleep(0.1)
+    with server_process(command, port, env=env, start_timeout=START_TIMEOUT) as base:
         yield Server(base, key)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture

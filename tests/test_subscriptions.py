@@ -11,13 +11,10 @@ import asyncio
 import base64
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 import tracemalloc
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from contextlib import aclosing, asynccontextmanager, closing, contextmanager
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ from storage.domain import EventFilter
 from storage.events import EventRecord
 from tests.conftest import POSTGRES_URL_VARIABLE
 from tests.factories import auth, make_org, new_event
+from tests.servers import free_port, server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBSCRIPTION = (ROOT / "queries" / "LiveContainerEvents.graphql").read_text()
@@ -70,32 +68,12 @@ class Server:
         return self.base.replace("http://", "ws://") + "/graphql"
 
 
-def _free_port() -> int:
-    with closing(socket.socket()) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def _serving(url: str, max_lag: int, poll_seconds: float = 5.0) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-c", SERVER, url, str(port), str(max_lag), str(poll_seconds)]
-    process = subprocess.Popen(command, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                httpx.get(base + "/openapi.json", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("the server did not start") from None
-                time.sleep(0.1)
+    with server_process(command, port, start_timeout=START_TIMEOUT) as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def _database_url(backend: str, tmp_path: Path) -> str:

@@ -4,11 +4,10 @@ concurrent connections against a real `events-gateway serve` process."""
 import asyncio
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from gateway.config import Settings
 from storage.database import Database
 from tests.factories import auth, count_events
 from tests.rest_assertions import assert_problem
+from tests.servers import free_port, server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = str(Path(sys.executable).parent / "events-gateway")
@@ -36,37 +36,21 @@ class Served:
     stderr: Path
 
 
-def _free_port() -> int:
-    with closing(socket.socket()) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def serving(tmp_path: Path, **env: str) -> Iterator[Served]:
     """`events-gateway serve` on a free 127.0.0.1 port over a new SQLite file; `env` adds
     EVENTS_GATEWAY_* settings. Its stderr goes to a file, `stderr`."""
-    port = _free_port()
+    port = free_port()
     url = f"sqlite+aiosqlite:///{tmp_path / 'served.db'}"
     environment = {**os.environ, **{f"EVENTS_GATEWAY_{k}": v for k, v in env.items()}}
     command = [SERVE, "serve", "--port", str(port), "--database-url", url]
-    with open(tmp_path / "stderr.log", "wb") as stderr:
-        process = subprocess.Popen(command, cwd=ROOT, env=environment, stderr=stderr)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + START_TIMEOUT
-            while True:
-                try:
-                    httpx.get(base + "/openapi.json", timeout=1)
-                    break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise RuntimeError("the server did not start") from None
-                    time.sleep(0.1)
-            yield Served(base, port, tmp_path / "stderr.log")
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
+    with (
+        open(tmp_path / "stderr.log", "wb") as stderr,
+        server_process(
+            command, port, env=environment, stderr=stderr, start_timeout=START_TIMEOUT
+        ) as base,
+    ):
+        yield Served(base, port, tmp_path / "stderr.log")
 
 
 def _raw_request(port: int, head: bytes, *, chunk: int | None = None) -> bytes:
