@@ -31,6 +31,7 @@ from gateway.ratelimit import Budget, RateLimit
 from gateway.responses import JSONResponse
 from gateway.timeouts import RequestTimeout
 from gateway.ui import UIAssets, graphiql_page
+from gateway.urls import public_base, redirect_slashes
 from schema import build_schema
 from storage.broker import Broker, fan_out
 from storage.database import Database
@@ -127,4 +128,6 @@ def create_app(
     app.state.db = db
     app.state.authenticator = authenticator
     app.state.settings = settings
+    app.state.public_url = public_base(settings.public_url)
+    redirect_slashes(app.router, app.state.public_url)
     return app

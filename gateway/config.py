@@ -5,6 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.ratelimit import DEFAULT_KEY_PREFIX, check_storage_uri, parse_rate
+from gateway.urls import public_base
 from storage.database import DEFAULT_DATABASE_URL, Database
 
 ENV_PREFIX = "EVENTS_GATEWAY_"
@@ -86,6 +87,9 @@ class Settings:
     rate_limit: str = ""
     rate_limit_storage: str = "memory://"
     rate_limit_key_prefix: str = DEFAULT_KEY_PREFIX
+    # The address clients reach the gateway at (gateway/urls.py): absolute `Link` and redirect
+    # URLs are built on it; "" makes them relative, and never from the request's Host header.
+    public_url: str = ""
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":
@@ -122,6 +126,7 @@ class Settings:
             ),
             "rate_limit_key_prefix": os.environ.get(ENV_PREFIX + "RATE_LIMIT_KEY_PREFIX")
             or cls.rate_limit_key_prefix,
+            "public_url": _env_checked("PUBLIC_URL", cls.public_url, public_base),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -3,7 +3,9 @@
 What is never logged: API keys (the Authorization and X-API-Key headers are not read here),
 request and response bodies, and so no event's `details`. The query string is kept, but only
 the REST list parameters keep their values: any other parameter's value (a GraphQL GET's
-`query` and `variables`, a key a client wrongly put in the URL) is logged as `REDACTED`.
+`query` and `variables`, a key a client wrongly put in the URL) is logged as `REDACTED`, and so
+is the name of any parameter that is neither these nor a usual name for a key, since a key
+pasted bare (`?egw_...`) is a name. A value holding a key's prefix is never logged.
 """
 
 import logging
@@ -22,6 +24,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.problems import handle_unexpected
+from storage.keys import KEY_PREFIX
 
 REQUEST_ID_HEADER = "x-request-id"
 # A client's own id is kept when it is this tame; anything else is replaced by a fresh one.
@@ -30,6 +33,13 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 LOGGED_QUERY_VALUES = frozenset(
     {"limit", "cursor", "since", "until", "order", "container_id", "by", "filter"}
 )
+# Parameters whose names are logged (with values only as above): any other name could be a
+# secret itself, such as a key pasted bare (`?egw_...`), and is logged as REDACTED=REDACTED.
+LOGGED_QUERY_NAMES = LOGGED_QUERY_VALUES | {
+    # A GraphQL GET's own, and where clients usually (wrongly) put a key.
+    *("query", "variables", "operationName", "extensions"),
+    *("api_key", "apikey", "key", "token", "access_token"),
+}
 _MAX_USER_AGENT = 256
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -123,9 +133,16 @@ def _request_id(headers: Headers) -> str:
 
 def _logged_query(raw: bytes) -> str:
     pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
-    return urlencode(
-        [(key, value if key in LOGGED_QUERY_VALUES else "REDACTED") for key, value in pairs]
-    )
+    return urlencode([_logged_pair(name, value) for name, value in pairs])
+
+
+def _logged_pair(name: str, value: str) -> tuple[str, str]:
+    """A parameter as logged: a key pasted as a bare parameter (`?egw_...`) is in its name."""
+    if name not in LOGGED_QUERY_NAMES:
+        return "REDACTED", "REDACTED"
+    if name not in LOGGED_QUERY_VALUES or KEY_PREFIX in value:
+        return name, "REDACTED"
+    return name, value
 
 
 def _client(scope: Scope) -> str | None:

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from gateway.auth import CHALLENGE, Authenticator, Unauthenticated
 from gateway.problems import Problem, invalid, invalid_fields
 from gateway.responses import JSONResponse
+from gateway.urls import own_url, request_base
 from storage.database import Database
 from storage.domain import (
     ID_RULE,
@@ -24,6 +25,7 @@ from storage.domain import (
     Order,
     enum_name,
     is_valid_id,
+    load_json,
     parse_batch,
     parse_timestamp,
     validation_errors,
@@ -172,7 +174,8 @@ async def _event_list(
     headers = {}
     if found.next_cursor is not None:
         # The request's own parameters, already parsed, with the next cursor.
-        next_url = request.url.replace(query=urlencode({**values, "cursor": found.next_cursor}))
+        query = urlencode({**values, "cursor": found.next_cursor})
+        next_url = own_url(request_base(request), request.url.path, query)
         headers["Link"] = f'<{next_url}>; rel="next"'
     # Records are the specification's event objects already (storage.events.EventRecord).
     body = {"events": found.rows, "next_cursor": found.next_cursor}
@@ -186,13 +189,13 @@ def _batch_items(raw: bytes, content_type: str) -> list[Any]:
     """The items of a batch body: a JSON array, or one JSON object per line (NDJSON)."""
     if content_type.partition(";")[0].strip().lower() != NDJSON:
         try:
-            return cast(list[Any], orjson.loads(raw))
+            return cast(list[Any], load_json(raw))
         except orjson.JSONDecodeError:
             raise invalid("body", "must be valid JSON") from None
     items, errors = [], []
     for number, line in enumerate(line for line in raw.splitlines() if line.strip()):
         try:
-            items.append(orjson.loads(line))
+            items.append(load_json(line))
         except orjson.JSONDecodeError:
             errors.append({"field": f"[{number}]", "message": "must be valid JSON"})
     if errors:
@@ -268,7 +271,7 @@ def filtered_events(event_filter: EventFilter) -> Callable[[Request], Awaitable[
 
 def _parse_new_event(raw: bytes) -> NewEvent:
     try:
-        body = orjson.loads(raw)
+        body = load_json(raw)
     except orjson.JSONDecodeError:
         raise invalid("body", "must be valid JSON") from None
     if not isinstance(body, dict):

@@ -1,5 +1,6 @@
 """The event model's vocabulary and input rules, shared by REST, GraphQL and the CLI."""
 
+import json
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -18,6 +19,35 @@ RFC3339_PATTERN = re.compile(
 MAX_ACTOR_LENGTH = 256
 MAX_DETAILS_BYTES = 16 * 1024
 MAX_BATCH_EVENTS = 10_000
+# The integers JSON details may hold: what orjson (and so storage) reads and writes exactly.
+SMALLEST_INTEGER, LARGEST_INTEGER = -(2**63), 2**64 - 1
+# A number this many digits long may lie outside them.
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+def load_json(raw: bytes | str) -> Any:
+    """Parse a JSON body as orjson does (refusing NaN and infinities with JSONDecodeError), but
+    with integers beyond 64 bits kept exact, where orjson would silently make them floats, so
+    that validation can refuse them."""
+    value = orjson.loads(raw)
+    if _LONG_NUMBER.search(raw.encode() if isinstance(raw, str) else raw):
+        # Rare (a 19-digit run, in a string or a number): the text is valid JSON already.
+        return json.loads(raw)
+    return value
+
+
+def _holds_wide_integer(value: object) -> bool:
+    # A loop, not recursion: the value may nest deeper than Python's recursion limit.
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, int) and not SMALLEST_INTEGER <= item <= LARGEST_INTEGER:
+            return True
+    return False
 
 
 class CaseInsensitiveEnum(StrEnum):
@@ -131,6 +161,11 @@ class NewEvent(BaseModel):
         try:
             serialised = orjson.dumps(value)
         except orjson.JSONEncodeError:
+            if _holds_wide_integer(value):
+                raise ValueError(
+                    f"must not hold integers beyond 64 bits ({SMALLEST_INTEGER} to"
+                    f" {LARGEST_INTEGER})"
+                ) from None
             # orjson stops at 254 levels of nesting; deeper input is refused, not a fault.
             raise ValueError("must not nest deeper than 254 levels") from None
         if len(serialised) > MAX_DETAILS_BYTES:

@@ -112,6 +112,36 @@ async def test_bad_input_names_the_field_and_stores_nothing(
     assert await count_events(db) == 0
 
 
+async def test_an_integer_beyond_64_bits_in_details_is_bad_user_input_in_variables(
+    client, db, acme_key
+):
+    answer = await log(client, acme_key, {"eventType": "ACCESS", "details": {"n": 2**64}})
+
+    error = only_error(answer)
+    assert error["extensions"] == {"code": "BAD_USER_INPUT", "field": "event.details"}
+    assert "beyond 64 bits" in error["message"]
+    assert await count_events(db) == 0
+
+
+async def test_an_integer_beyond_64_bits_in_details_is_bad_user_input_in_the_document(
+    client, db, acme_key
+):
+    document = """
+    mutation {
+      logContainerEvent(orgId: "acme", containerId: "c1",
+                        event: {eventType: ACCESS, details: {n: 18446744073709551616}}) {
+        message
+      }
+    }
+    """
+    answer = await post_graphql(client, acme_key, document)
+
+    error = only_error(answer)
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "beyond 64 bits" in error["message"]
+    assert await count_events(db) == 0
+
+
 async def test_an_actor_of_256_characters_is_accepted(client, db, acme_key):
     answer = await log(client, acme_key, {"eventType": "ACCESS", "actor": "a" * 256})
 

@@ -233,6 +233,25 @@ async def test_no_line_holds_a_key_or_an_events_details(client, acme_key, logs):
     assert "api_key=REDACTED" in logs.text and "query=REDACTED" in logs.text
 
 
+async def test_a_key_pasted_as_a_bare_parameter_or_a_cursor_is_not_logged(client, acme_key, logs):
+    answers = [
+        # `?egw_...`: the key is the parameter's name, with or without a value.
+        await client.get(f"/orgs/acme/events?{acme_key}", headers=auth(acme_key)),
+        await client.get(f"/orgs/acme/events?limit=5&{acme_key}=x", headers=auth(acme_key)),
+        # In a parameter whose values are logged.
+        await client.get(f"/orgs/acme/events?cursor={acme_key}", headers=auth(acme_key)),
+    ]
+
+    # Unknown parameters and a malformed cursor are refused; the refusals are logged too.
+    assert [answer.status_code for answer in answers] == [400, 400, 400]
+    [bare, named, cursor] = [line["query"] for line in logs.access()]
+    assert acme_key not in logs.text
+    assert acme_key.removeprefix("egw_")[:12] not in logs.text
+    assert bare == "REDACTED=REDACTED"
+    assert named == "limit=5&REDACTED=REDACTED"
+    assert cursor == "cursor=REDACTED"
+
+
 REFUSE_EVENTS = {
     "sqlite": [
         "CREATE TRIGGER refuse_events BEFORE INSERT ON events "

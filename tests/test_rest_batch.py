@@ -108,6 +108,25 @@ async def test_a_bad_ndjson_line_is_named_and_nothing_is_stored(client, db, acme
     assert await count_events(db) == 0
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-ndjson"])
+async def test_an_integer_beyond_64_bits_in_details_names_its_item_and_nothing_is_stored(
+    client, db, acme_key, content_type
+):
+    wide = b'{"container_id": "c1", "event_type": "ACCESS", "details": {"n": 18446744073709551616}}'
+    good = orjson.dumps(event("c1", 0))
+    body = (
+        good + b"\n" + wide if content_type.endswith("ndjson") else b"[" + good + b"," + wide + b"]"
+    )
+
+    answer = await client.post(
+        BATCH, content=body, headers={**auth(acme_key), "Content-Type": content_type}
+    )
+
+    problem = assert_problem(answer, 400, "[1].details")
+    assert "beyond 64 bits" in problem["errors"][0]["message"]
+    assert await count_events(db) == 0
+
+
 @pytest.mark.parametrize(
     "body",
     [[], {"events": []}, event("c1", 0), [event("c1", 0)] * (MAX_BATCH_EVENTS + 1)],

@@ -228,6 +228,43 @@ async def test_any_json_object_in_details_comes_back_unchanged(client, acme_key,
     assert listed.json()["events"][0]["actor"] == "zoë ✓"
 
 
+# JSON bodies are parsed by orjson, which would make these floats and so change them silently.
+WIDE_INTEGERS = [b"18446744073709551616", b"-9223372036854775809", b"1" + b"0" * 40]
+
+
+@pytest.mark.parametrize("number", WIDE_INTEGERS, ids=["2^64", "-2^63-1", "10^40"])
+async def test_an_integer_beyond_64_bits_in_details_is_refused_and_nothing_stored(
+    client, db, acme_key, number
+):
+    body = b'{"event_type": "ACCESS", "details": {"n": [1, ' + number + b"]}}"
+
+    answer = await client.post(
+        EVENTS_OF_C1, content=body, headers={**auth(acme_key), "Content-Type": "application/json"}
+    )
+
+    problem = assert_problem(answer, 400, "details")
+    assert "beyond 64 bits" in problem["errors"][0]["message"]
+    assert await count_events(db) == 0
+
+
+async def test_integers_at_the_64_bit_limits_and_long_digit_strings_are_kept_exactly(
+    client, acme_key
+):
+    body = (
+        b'{"event_type": "ACCESS", "details": {"most": 18446744073709551615,'
+        b' "least": -9223372036854775808, "text": "123456789012345678901234567890"}}'
+    )
+
+    posted = await client.post(
+        EVENTS_OF_C1, content=body, headers={**auth(acme_key), "Content-Type": "application/json"}
+    )
+    listed = await client.get(EVENTS_OF_C1, headers=auth(acme_key))
+
+    assert posted.status_code == 200, posted.text
+    expected = {"most": 2**64 - 1, "least": -(2**63), "text": "123456789012345678901234567890"}
+    assert listed.json()["events"][0]["details"] == expected
+
+
 @pytest.mark.parametrize("path", ["/orgs/acme/containers/c1/events", "/graphql"])
 async def test_a_client_that_leaves_before_its_body_arrives_is_no_server_fault(
     app, db, acme_key, caplog, path
