@@ -21,8 +21,11 @@ MAX_DETAILS_BYTES = 16 * 1024
 MAX_BATCH_EVENTS = 10_000
 # The integers JSON details may hold: what orjson (and so storage) reads and writes exactly.
 SMALLEST_INTEGER, LARGEST_INTEGER = -(2**63), 2**64 - 1
-# A number this many digits long may lie outside them.
-_LONG_NUMBER = re.compile(rb"\d{19}")
+# A number this many digits long may lie outside them. Found by turning every digit into "0"
+# and everything else into " ", then one substring search: C speed, where a regular
+# expression took 480 ms over a 29 MiB batch.
+_LONG_NUMBER = b"0" * 19
+_DIGITS_ONLY = bytes(ord("0") if 0x30 <= byte <= 0x39 else ord(" ") for byte in range(256))
 
 
 def load_json(raw: bytes | str) -> Any:
@@ -30,7 +33,8 @@ def load_json(raw: bytes | str) -> Any:
     with integers beyond 64 bits kept exact, where orjson would silently make them floats, so
     that validation can refuse them."""
     value = orjson.loads(raw)
-    if _LONG_NUMBER.search(raw.encode() if isinstance(raw, str) else raw):
+    text = raw.encode() if isinstance(raw, str) else raw
+    if text.translate(_DIGITS_ONLY).find(_LONG_NUMBER) >= 0:
         # Rare (a 19-digit run, in a string or a number): the text is valid JSON already.
         return json.loads(raw)
     return value
