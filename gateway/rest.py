@@ -244,7 +244,7 @@ class OrgEvents(HTTPEndpoint):
         single_values(request.query_params, ())
         raw = await request.body()
         try:
-            items = parse_batch(_batch_items(raw, request.headers.get("content-type", "")))
+            items = await parse_batch(_batch_items(raw, request.headers.get("content-type", "")))
         except InvalidBatch as error:
             raise invalid_fields(error.errors) from None
         rows, headers = await _log(request, db, holder, "batch", items)

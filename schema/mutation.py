@@ -154,7 +154,7 @@ class Mutation:
             for item in events
         ]
         try:
-            items = parse_batch(submitted)
+            items = await parse_batch(submitted)
         except InvalidBatch as error:
             errors = [
                 {"field": _graphql_batch_field(item["field"]), "message": item["message"]}

@@ -1,5 +1,6 @@
 """The event model's vocabulary and input rules, shared by REST, GraphQL and the CLI."""
 
+import asyncio
 import json
 import re
 from datetime import UTC, datetime
@@ -205,8 +206,11 @@ class BatchEvent(NewEvent):
     container_id: str = Field(pattern=rf"\A{ID_PATTERN.pattern}\z")
 
 
-# The whole batch in one call into pydantic's core: no Python loop over the items.
+# A batch is validated a slice at a time, each slice in one call into pydantic's core (no
+# Python loop over the items), and the event loop takes a turn between slices: a 10,000-event
+# batch with 3 KiB details took 180 ms in one call, in which no other request was served.
 _BATCH = TypeAdapter(list[BatchEvent])
+BATCH_SLICE = 1000
 
 
 def _batch_message(problem: dict[str, str], kind: str) -> str:
@@ -217,7 +221,7 @@ def _batch_message(problem: dict[str, str], kind: str) -> str:
     return problem["message"]
 
 
-def parse_batch(items: object) -> list[tuple[str, NewEvent]]:
+async def parse_batch(items: object) -> list[tuple[str, NewEvent]]:
     """(container_id, event) pairs from a batch of event objects that each name a container_id.
 
     Every item is checked before any is stored, and every bad one is reported, as
@@ -228,18 +232,31 @@ def parse_batch(items: object) -> list[tuple[str, NewEvent]]:
     if not 1 <= len(items) <= MAX_BATCH_EVENTS:
         message = f"must hold 1 to {MAX_BATCH_EVENTS} events, not {len(items)}"
         raise InvalidBatch([{"field": "body", "message": message}])
-    try:
-        parsed = _BATCH.validate_python(items)
-    except ValidationError as error:
-        errors = []
-        for problem, detail in zip(validation_errors(error), error.errors(), strict=True):
-            index, *within = detail["loc"]
-            field = ".".join(str(part) for part in within)
-            errors.append(
-                {
-                    "field": f"[{index}].{field}" if field else f"[{index}]",
-                    "message": _batch_message({**problem, "field": field}, detail["type"]),
-                }
-            )
-        raise InvalidBatch(errors) from None
+    parsed: list[BatchEvent] = []
+    errors: list[dict[str, str]] = []
+    for start in range(0, len(items), BATCH_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        try:
+            parsed += _BATCH.validate_python(items[start : start + BATCH_SLICE])
+        except ValidationError as error:
+            errors += _batch_errors(error, start)
+    if errors:
+        raise InvalidBatch(errors)
     return [(event.container_id, event) for event in parsed]
+
+
+def _batch_errors(error: ValidationError, start: int) -> list[dict[str, str]]:
+    """A slice's errors, each named by its item's index in the whole batch."""
+    errors = []
+    for problem, detail in zip(validation_errors(error), error.errors(), strict=True):
+        index, *within = detail["loc"]
+        field = ".".join(str(part) for part in within)
+        name = f"[{start + int(index)}]"
+        errors.append(
+            {
+                "field": f"{name}.{field}" if field else name,
+                "message": _batch_message({**problem, "field": field}, detail["type"]),
+            }
+        )
+    return errors

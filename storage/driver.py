@@ -9,7 +9,15 @@ session's transaction: SQLAlchemy's work per written row costs several times SQL
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from operator import itemgetter
@@ -49,8 +57,9 @@ class CompiledQuery:
             ordered.append(value if binder is None or value is None else binder(value))
         return ordered
 
-    def rows_parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
-        """`parameters` of many rows that each hold a value for every parameter (a write)."""
+    def iter_parameters(self, rows: Sequence[Mapping[str, Any]]) -> Iterator[list[Any]]:
+        """`parameters` of many rows that each hold a value for every parameter (a write), one
+        row at a time as they are consumed."""
         conversions = [
             (index, binder)
             for index, name in enumerate(self.names)
@@ -60,7 +69,6 @@ class CompiledQuery:
         # Rows written together often share a value (the time they were received): a value
         # that is the very object of the row before is converted once.
         last: dict[int, tuple[Any, Any]] = {}
-        converted = []
         for row in rows:
             values = list(picked(row))
             for index, binder in conversions:
@@ -73,8 +81,7 @@ class CompiledQuery:
                 else:
                     values[index] = binder(value)
                     last[index] = (value, values[index])
-            converted.append(values)
-        return converted
+            yield values
 
     def decode(self, rows: Sequence[Any]) -> list[tuple[Any, ...]]:
         if not self.decoders:
@@ -279,7 +286,9 @@ async def execute_many(
     connection = await (await session.connection()).get_raw_connection()
     driver = cast(aiosqlite.Connection, connection.driver_connection)
     try:
-        await driver.executemany(compiled.sql, compiled.rows_parameters(rows))
+        # A generator: the rows are converted (JSON, times) as aiosqlite's thread consumes
+        # them, not in one go on the event loop (135 ms for 10,000 rows with 3 KiB details).
+        await driver.executemany(compiled.sql, compiled.iter_parameters(rows))
         if not last_rowid:
             return None
         async with driver.execute("SELECT last_insert_rowid()") as cursor:

@@ -4,7 +4,7 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from storage.domain import MAX_BATCH_EVENTS
+from storage.domain import BATCH_SLICE, MAX_BATCH_EVENTS
 from storage.models import events
 from tests.factories import auth, count_events
 from tests.rest_assertions import assert_problem
@@ -94,6 +94,45 @@ async def test_every_bad_item_is_named_by_index_and_field_and_nothing_is_stored(
     ]
     assert all(error["message"] for error in problem["errors"])
     assert await count_events(db) == 0
+
+
+async def test_bad_items_far_apart_in_a_large_batch_are_each_named_by_their_own_index(
+    client, db, acme_key
+):
+    # Validated a slice at a time (storage.domain.BATCH_SLICE): indexes are the whole batch's.
+    batch = [event("c1", index % 60) for index in range(BATCH_SLICE * 2 + 500)]
+    bad = [3, BATCH_SLICE, BATCH_SLICE * 2 + 499]
+    for index in bad:
+        batch[index] = event("c1", 0, event_type="SIDEWAYS")
+
+    answer = await client.post(BATCH, json=batch, headers=auth(acme_key))
+
+    problem = assert_problem(answer, 400)
+    assert [error["field"] for error in problem["errors"]] == [f"[{i}].event_type" for i in bad]
+    assert await count_events(db) == 0
+
+
+async def test_a_large_batch_is_stored_whole_in_input_order(client, db, acme_key):
+    batch = [event(f"c{index % 7}", index % 60, actor=str(index)) for index in range(2500)]
+
+    answer = await client.post(BATCH, json=batch, headers=auth(acme_key))
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["count"] == 2500
+    stored = {row["id"]: row for row in await listed_all(client, acme_key)}
+    assert [stored[event_id]["actor"] for event_id in answer.json()["ids"]] == [
+        str(index) for index in range(2500)
+    ]
+
+
+async def listed_all(client, key: str) -> list[dict[str, object]]:
+    answer = await client.get(BATCH, params={"order": "asc", "limit": 1000}, headers=auth(key))
+    found = answer.json()["events"]
+    while answer.json()["next_cursor"]:
+        params = {"order": "asc", "limit": 1000, "cursor": answer.json()["next_cursor"]}
+        answer = await client.get(BATCH, params=params, headers=auth(key))
+        found += answer.json()["events"]
+    return found
 
 
 async def test_a_bad_ndjson_line_is_named_and_nothing_is_stored(client, db, acme_key):
