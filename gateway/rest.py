@@ -39,6 +39,7 @@ from storage.idempotency import (
 )
 from storage.keys import KeyHolder, Scope, scopes_text
 from storage.orgs import get_container
+from storage.writer import WriteOutcomeUnknown
 
 LIST_PARAMETERS = ("limit", "cursor", "since", "until", "order")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -228,6 +229,14 @@ async def _log(
             409,
             f"A request with this {IDEMPOTENCY_HEADER} is still being processed; "
             "retry once it is answered.",
+            headers={"Retry-After": "1"},
+        ) from None
+    except WriteOutcomeUnknown:
+        raise Problem(
+            503,
+            "The events may have been stored: the database did not confirm the commit and "
+            f"could not be asked whether it landed. Retry with an {IDEMPOTENCY_HEADER} (the "
+            "same one, if this request had one): a retry with the same key stores them once.",
             headers={"Retry-After": "1"},
         ) from None
     return logged.rows, {REPLAYED_HEADER: "true"} if logged.replayed else {}

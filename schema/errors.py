@@ -41,6 +41,12 @@ class IdempotencyKeyInFlightError(CodedError):
     code = "IDEMPOTENCY_KEY_IN_FLIGHT"
 
 
+class WriteOutcomeUnknownError(CodedError):
+    """The commit went unanswered and could not be checked: the events may have been stored."""
+
+    code = "WRITE_OUTCOME_UNKNOWN"
+
+
 def is_unexpected(error: GraphQLError) -> bool:
     """A fault of the server: raised while resolving a field, and not a CodedError."""
     return error.path is not None and not isinstance(error.original_error, CodedError)

@@ -13,6 +13,7 @@ from schema.errors import (
     IdempotencyKeyInFlightError,
     IdempotencyKeyReusedError,
     NotFound,
+    WriteOutcomeUnknownError,
 )
 from schema.inputs import (
     ContainerEventInput,
@@ -39,6 +40,7 @@ from storage.idempotency import (
     idempotency,
 )
 from storage.keys import Scope
+from storage.writer import WriteOutcomeUnknown
 
 _GRAPHQL_FIELD = {"event_type": "eventType", "container_id": "containerId"}
 _ITEM_FIELD = re.compile(r"\[(\d+)\](?:\.(\w+))?")
@@ -98,6 +100,12 @@ async def _log(
             "A request with this idempotencyKey is still being processed; "
             "retry once it is answered.",
             field="idempotencyKey",
+        ) from None
+    except WriteOutcomeUnknown:
+        raise WriteOutcomeUnknownError(
+            "The events may have been stored: the database did not confirm the commit and "
+            "could not be asked whether it landed. Retry with an idempotencyKey (the same "
+            "one, if this request had one): a retry with the same key stores them once."
         ) from None
     return logged.rows
 

@@ -486,6 +486,32 @@ async def store_events(
     return rows
 
 
+async def is_committed(session: AsyncSession, row: EventRecord, *, lock_timeout: float) -> bool:
+    """Whether a row that store_events returned was committed, though its transaction's commit
+    failed (the connection dropped, say); asked in another session, once that one has ended.
+
+    On PostgreSQL that transaction held the org's event-order lock until it ended, so taking
+    the lock (waiting at most `lock_timeout` seconds) makes its outcome final and visible; a
+    sequence never hands out an id twice. SQLite gives a rolled-back AUTOINCREMENT id out
+    again, so the row is matched on its org, container and receipt time too: a later write
+    that took the id is not mistaken for it.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            select(func.set_config("lock_timeout", f"{round(lock_timeout * 1000)}ms", True))
+        )
+        await session.execute(_TAKE_EVENT_ORDER_LOCK, {"org_lock": event_order_lock(row["org_id"])})
+    found = await session.execute(
+        select(events.c.id).where(
+            events.c.id == row["id"],
+            events.c.org_id == row["org_id"],
+            events.c.container_id == row["container_id"],
+            events.c.received_at == row["received_at"],
+        )
+    )
+    return found.first() is not None
+
+
 async def log_event(
     session: AsyncSession, *, org_id: str, container_id: str, new_event: NewEvent
 ) -> EventRecord:

@@ -9,6 +9,16 @@ a hundred flushes, and no request is answered before its events are committed.
 Each write is all or nothing on its own: if a group's transaction fails, its writes are
 retried one transaction each, so a write that cannot be stored fails alone. A write with an
 idempotency key (storage.idempotency) takes its key in the transaction that stores it.
+
+A commit that fails may have landed all the same: the connection can drop after the database
+committed and before its answer arrived (a failover, a proxy restart). Retrying then would
+store the writes twice, so a failure during the commit is resolved first, on a fresh session:
+is the transaction's first event stored (storage.events.is_committed)? If so, its writes are
+answered with their rows and announced, once; if not, retried as above, and each retry's own
+commit is resolved the same way. A failure before the commit stored nothing and is retried
+at once. When the database cannot be asked within RESOLVE_SECONDS, the writes fail with
+WriteOutcomeUnknown: they may have been stored, and only a retry with an idempotency key can
+tell. The same holds without group commit, for a request's own transaction.
 """
 
 import asyncio
@@ -26,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.domain import NewEvent
-from storage.events import EventRecord, store_events
+from storage.events import EventRecord, is_committed, store_events
 from storage.idempotency import (
     Idempotency,
     IdempotencyKeyInFlight,
@@ -44,6 +54,21 @@ Sessions = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 MAX_GROUP_EVENTS = 10_000
 # Expired idempotency keys are deleted by the first write this long after the last pruning.
 PRUNE_EVERY_SECONDS = 60.0
+# How long the writer keeps asking whether a failed commit landed (pausing between attempts,
+# from the first pause on, doubling) before its writes fail with WriteOutcomeUnknown.
+RESOLVE_SECONDS = 2.0
+RESOLVE_FIRST_PAUSE_SECONDS = 0.1
+
+
+class WriteOutcomeUnknown(Exception):
+    """A write's commit failed and the database could not be asked whether it landed: its
+    events may have been stored."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the database did not confirm the commit and could not be asked whether it "
+            "landed: the events may have been stored"
+        )
 
 
 class Logged(NamedTuple):
@@ -130,9 +155,7 @@ class EventWriter:
 
     async def _store(self, write: _Write) -> list[EventRecord]:
         if not self.group_commit:
-            async with self._sessions() as session:
-                [rows] = await self._write(session, [write])
-            self._announce(write, rows)
+            [rows] = await self._transact([write])
             return rows
         self._queue.append(write)
         if self._task is None:
@@ -165,51 +188,99 @@ class EventWriter:
             group.append(self._queue.popleft())
         return group
 
-    async def _write(self, session: AsyncSession, group: list[_Write]) -> list[list[EventRecord]]:
-        """Store a group in the session's transaction and commit; each write's rows."""
-        now = utcnow()
-        if time.monotonic() - self._pruned_at >= PRUNE_EVERY_SECONDS:
-            await prune_keys(session, now)
-            self._pruned_at = time.monotonic()
-        stored = await _store_group(session, group, now)
-        await session.commit()
-        for observe in self.on_transaction:
-            try:
-                observe(sum(len(rows) for rows in stored))
-            except Exception:  # committed: a failing hook must not make it look otherwise
-                logger.exception("a transaction hook failed")
-        return stored
-
     async def _commit(self, group: list[_Write]) -> None:
+        try:
+            try:
+                await self._transact(group)
+            except WriteOutcomeUnknown as unknown:
+                for write in group:
+                    write.fail(unknown)
+            except Exception:
+                # One write the database refuses must not sink the others: each alone.
+                for write in group:
+                    try:
+                        await self._transact([write])
+                    except Exception as error:
+                        write.fail(error)  # a no-op if it was answered before a failed release
+        except asyncio.CancelledError:
+            # Stopped mid-transaction, perhaps mid-commit: the unanswered may have been stored.
+            for write in group:
+                write.fail(WriteOutcomeUnknown())
+            raise
+
+    async def _transact(self, group: list[_Write]) -> list[list[EventRecord]]:
+        """Store a group in one transaction and commit it, then answer and announce each
+        write; each write's rows. Raises the database's error if nothing was stored, or
+        WriteOutcomeUnknown if the commit failed and whether it landed cannot be told."""
+        stored: list[list[EventRecord]] | None = None
         committed = False
         try:
             async with self._sessions() as session:
-                stored = await self._write(session, group)
+                now = utcnow()
+                if time.monotonic() - self._pruned_at >= PRUNE_EVERY_SECONDS:
+                    await prune_keys(session, now)
+                    self._pruned_at = time.monotonic()
+                stored = await _store_group(session, group, now)
+                try:
+                    await session.commit()
+                except Exception:
+                    # The connection's state is unknown (SQLite may keep the transaction open,
+                    # and back in the pool it would join the next one): close it, never reuse.
+                    await session.invalidate()
+                    raise
                 committed = True
                 # Answered and announced at once: the session's release is another round trip
                 # to the database thread, and subscribers should not wait for it.
-                for write, rows in zip(group, stored, strict=True):
-                    write.answer(rows)
-                    self._announce(write, rows)
-        except asyncio.CancelledError as cancelled:
-            for write in group:
-                write.fail(RuntimeError("the event writer stopped"))
-            raise cancelled
+                self._committed(group, stored)
         except Exception:
             if committed:
                 # Releasing the session failed after the commit: the writes are stored and
                 # answered, and storing them again would double them.
                 logger.exception("releasing the writer's session failed after its commit")
-                return
-            # One write the database refuses must not sink the others: each alone.
-            for write in group:
-                try:
-                    async with self._sessions() as session:
-                        [rows] = await self._write(session, [write])
-                        write.answer(rows)
-                        self._announce(write, rows)
-                except Exception as error:
-                    write.fail(error)  # a no-op if it was answered before a failed release
+            elif stored is None or not await self._landed(stored):
+                raise  # nothing was stored: the commit, if it was sent, did not land
+            else:
+                logger.warning("a commit that failed had landed: answering its writes")
+                self._committed(group, stored)
+        assert stored is not None
+        return stored
+
+    async def _landed(self, stored: list[list[EventRecord]]) -> bool:
+        """Whether the failed commit of the transaction that wrote `stored` landed, asked on
+        fresh sessions for up to RESOLVE_SECONDS; WriteOutcomeUnknown if it cannot be told."""
+        first = next((rows[0] for rows in stored if rows), None)
+        if first is None:
+            return True  # no event: there is nothing to store twice, and nothing lost
+        pause = RESOLVE_FIRST_PAUSE_SECONDS
+        try:
+            async with asyncio.timeout(RESOLVE_SECONDS):
+                while True:
+                    try:
+                        async with self._sessions() as session:
+                            return await is_committed(
+                                session, first, lock_timeout=RESOLVE_SECONDS / 2
+                            )
+                    except Exception:
+                        logger.warning(
+                            "could not ask whether a failed commit landed; retrying", exc_info=True
+                        )
+                    await asyncio.sleep(pause)
+                    pause *= 2
+        except TimeoutError:
+            pass
+        logger.error("could not tell whether a failed commit landed")
+        raise WriteOutcomeUnknown()
+
+    def _committed(self, group: list[_Write], stored: list[list[EventRecord]]) -> None:
+        """Observe a committed transaction's size, then answer and announce each write."""
+        for observe in self.on_transaction:
+            try:
+                observe(sum(len(rows) for rows in stored))
+            except Exception:  # committed: a failing hook must not make it look otherwise
+                logger.exception("a transaction hook failed")
+        for write, rows in zip(group, stored, strict=True):
+            write.answer(rows)
+            self._announce(write, rows)
 
     def _announce(self, write: _Write, rows: list[EventRecord]) -> None:
         """Tell the commit hooks (storage.broker) that a write's rows are committed; a hook
