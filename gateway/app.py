@@ -11,7 +11,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route, WebSocketRoute
 
 from gateway import counts, rest
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, KeyWatch
 from gateway.config import Settings
 from gateway.graphql import GraphQLApp
 from gateway.headers import HeaderSizeLimit
@@ -47,6 +47,8 @@ def create_app(
     settings = settings or Settings.from_env()
     db = db or settings.database()
     authenticator = Authenticator(db, cache_seconds=settings.key_cache_seconds)
+    # Open sockets lose a revoked key as soon as REST requests do.
+    key_watch = KeyWatch(db, authenticator)
     broker = broker or Broker()
     operations = Operations(db, broker)  # /healthz, /readyz, /metrics
     ui_assets = UIAssets.configured(settings.ui_assets)  # GraphiQL's and /docs' files
@@ -60,6 +62,7 @@ def create_app(
         db=db,
         authenticator=authenticator,
         broker=broker,
+        key_watch=key_watch,
         graphiql=settings.graphiql,
         persisted=PersistedOperations.from_folder() if settings.graphql_persisted_only else None,
         graphiql_page=graphiql_page(ui_assets, PersistedOperations.from_folder()),
@@ -86,7 +89,7 @@ def create_app(
         # What exists at start-up lives for the whole process: keeping it out of the garbage
         # collector's full passes makes each pass cost what the requests allocated, not more.
         gc.freeze()
-        async with fan_out(db, broker):
+        async with fan_out(db, broker), key_watch.running():
             yield
         await db.dispose()
 

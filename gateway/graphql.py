@@ -3,12 +3,19 @@
 Subscriptions run over WebSocket (graphql-transport-ws) on the same path. The key travels in
 the `connection_init` payload, as `{"Authorization": "Bearer <key>"}` or `{"X-API-Key": "<key>"}`:
 none or a malformed one closes the socket with 4401, an unknown or revoked one with 4403.
+A key revoked later closes its open sockets with 4403 too (gateway.auth.KeyWatch).
+
+A client that leaves, politely or not, is no error: whatever was being sent to it is dropped
+and logged at debug level.
 """
 
+import asyncio
 import json
+import logging
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from cross_web import AsyncHTTPRequestAdapter
 from cross_web import HTTPException as StrawberryHTTPException
@@ -28,12 +35,21 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage,
     ErrorMessage,
     SubscribeMessage,
 )
 from strawberry.types.unset import UnsetType
 
-from gateway.auth import CHALLENGE, Authenticator, Unauthenticated, key_from_headers
+from gateway.auth import (
+    CHALLENGE,
+    REVOKED,
+    SCOPES_CHANGED,
+    Authenticator,
+    KeyWatch,
+    Unauthenticated,
+    key_from_headers,
+)
 from gateway.persisted import PersistedOperationError, PersistedOperations
 from gateway.responses import JSONResponse, dumps
 from schema.context import Context
@@ -41,6 +57,8 @@ from schema.subscription import LiveContext
 from storage.broker import Broker
 from storage.database import Database
 from storage.keys import KeyHolder
+
+logger = logging.getLogger(__name__)
 
 KEY_PARAMS = ("authorization", "x-api-key")
 # Strawberry's own refusals; 404 is the GraphiQL page when it is turned off.
@@ -69,6 +87,23 @@ class SocketContext(LiveContext):
 
     websocket: WebSocket | None = None
     connection_params: dict[str, object] = field(default_factory=dict)
+    # Set by on_ws_connect: who the key spoke for then, and the headers to check it again.
+    holder: KeyHolder | None = None
+    key_headers: Headers | None = None
+
+
+# Starlette has checked the message by then, so a RuntimeError is the server refusing to
+# send on a connection already closing: uvicorn's "after sending 'websocket.close'" once the
+# client's close frame is in, Starlette's own once this side has closed.
+_GONE = (WebSocketDisconnect, RuntimeError)
+
+
+async def close_socket(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close with `code` unless closed already; a client already gone needs no close frame."""
+    if websocket.application_state == WebSocketState.DISCONNECTED:
+        return
+    with suppress(*_GONE):
+        await websocket.close(code=code, reason=reason)
 
 
 class _SocketAdapter(ASGIWebSocketAdapter):
@@ -77,17 +112,76 @@ class _SocketAdapter(ASGIWebSocketAdapter):
         # graphql-transport-ws (gql, graphql-ws in browsers) accept only text frames.
         try:
             await self.ws.send_text(dumps(message).decode())
-        except WebSocketDisconnect as error:
+        except _GONE as error:
             raise WebSocketDisconnected from error
 
     async def close(self, code: int, reason: str) -> None:
         # on_ws_connect closes with its own code (4401) before Strawberry's rejection (4403).
-        if self.ws.application_state != WebSocketState.DISCONNECTED:
-            await super().close(code, reason)
+        await close_socket(self.ws, code, reason)
 
 
 class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    _closing: asyncio.Task[None] | None = None
+
+    @property
+    def app(self) -> "GraphQLApp":
+        return cast("GraphQLApp", self.view)
+
+    @property
+    def socket_context(self) -> SocketContext:
+        assert isinstance(self.context, SocketContext)
+        return self.context
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        await super().handle_connection_init(message)
+        holder = self.socket_context.holder
+        if self.connection_acknowledged and holder is not None:
+            self.app.key_watch.watch(self, holder)
+
+    def key_lost(self, reason: str) -> None:
+        """The key watch's word that the key was revoked or changed: close with 4403."""
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._close_for_key(reason))
+
+    async def _close_for_key(self, reason: str) -> None:
+        # The operations first, so that the close frame is the last thing the client gets.
+        for operation_id in list(self.operations):
+            await self.cleanup_operation(operation_id)
+        await self.websocket.close(4403, reason)
+
+    async def _key_still_holds(self) -> bool:
+        """Check the key again, as REST does each request (through the same cache)."""
+        if self._closing is not None:
+            return False
+        context = self.socket_context
+        assert context.key_headers is not None  # on_ws_connect sets it before connection_ack
+        try:
+            holder = await self.app.authenticator.holder_for(context.key_headers)
+        except Unauthenticated:
+            self.key_lost(REVOKED)
+            return False
+        if holder != context.holder:
+            self.key_lost(SCOPES_CHANGED)
+            return False
+        return True
+
+    async def shutdown(self) -> None:
+        holder = self.socket_context.holder
+        if holder is not None:
+            self.app.key_watch.forget(self, holder.key_id)
+        await super().shutdown()
+        if self._closing is not None:
+            await asyncio.wait({self._closing})
+
+    async def handle_task_exception(self, error: Exception) -> None:
+        if isinstance(error, WebSocketDisconnected):
+            logger.debug("a subscription's client left while it was being sent a result")
+            return
+        await super().handle_task_exception(error)
+
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        if self.connection_acknowledged and not await self._key_still_holds():
+            return
         # Persisted-operations mode holds over WebSocket too: the stored text runs, or nothing.
         persisted = getattr(self.view, "persisted", None)
         payload: Any = message.get("payload")
@@ -121,6 +215,7 @@ class GraphQLApp(GraphQL[Context, None]):
         db: Database,
         authenticator: Authenticator,
         broker: Broker,
+        key_watch: KeyWatch,
         graphiql: bool = True,
         persisted: PersistedOperations | None = None,
         graphiql_page: str | None = None,
@@ -138,6 +233,8 @@ class GraphQLApp(GraphQL[Context, None]):
         self.graphiql_page = graphiql_page
         self.db = db
         self.authenticator = authenticator
+        # Closes sockets whose key is revoked, while the app's lifespan runs its passes.
+        self.key_watch = key_watch
         self.broker = broker
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -204,13 +301,14 @@ class GraphQLApp(GraphQL[Context, None]):
             key_from_headers(headers)
         except (Unauthenticated, UnicodeEncodeError) as error:
             reason = str(error) if isinstance(error, Unauthenticated) else "Malformed API key."
-            await context.websocket.close(code=4401, reason=reason)
+            await close_socket(context.websocket, 4401, reason)
             raise ConnectionRejectionError from None
         try:
             holder = await self.authenticator.holder_for(headers)
         except Unauthenticated:
             raise ConnectionRejectionError from None
         context.org_id, context.key_id, context.scopes = holder.org_id, holder.key_id, holder.scopes
+        context.holder, context.key_headers = holder, headers
         return await super().on_ws_connect(context)
 
     def encode_json(self, data: object) -> bytes:

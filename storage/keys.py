@@ -2,7 +2,7 @@
 
 import hashlib
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -130,3 +130,23 @@ async def holder_of_key(reader: Reader, *, key_hash: str) -> KeyHolder | None:
         return None
     key_id, org_id, scopes = rows[0]
     return KeyHolder(key_id, org_id, parse_scopes(scopes))
+
+
+# Well under the bound parameters SQLite (32,766) and asyncpg (32,767) take in one statement.
+_HOLDERS_PER_QUERY = 10_000
+
+
+async def active_holders(
+    session: AsyncSession, *, key_ids: Collection[str]
+) -> dict[str, KeyHolder]:
+    """The holders of those of `key_ids` still active, by key id; a revoked key is missing."""
+    ids = list(key_ids)
+    holders: dict[str, KeyHolder] = {}
+    for start in range(0, len(ids), _HOLDERS_PER_QUERY):
+        query = select(api_keys.c.id, api_keys.c.org_id, api_keys.c.scopes).where(
+            api_keys.c.id.in_(ids[start : start + _HOLDERS_PER_QUERY]),
+            api_keys.c.revoked_at.is_(None),
+        )
+        for key_id, org_id, scopes in (await session.execute(query)).all():
+            holders[key_id] = KeyHolder(key_id, org_id, parse_scopes(scopes))
+    return holders
