@@ -3,7 +3,7 @@
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from itertools import repeat
 from typing import Any, TypedDict
@@ -148,8 +148,17 @@ def _sqlite_event_records(rows: Sequence[Any]) -> list[EventRecord]:
 
 
 def _postgresql_event_records(rows: Sequence[Any]) -> list[EventRecord]:
-    """asyncpg rows of `select(events)`: times arrive as UTC datetimes, details decoded."""
-    return [event_record(dict(zip(EVENT_COLUMNS, row, strict=True))) for row in rows]
+    """asyncpg rows of `select(events)`: times arrive as UTC datetimes, details decoded.
+
+    asyncpg writes the calendar's last moment (datetime.max in UTC) as PostgreSQL's
+    'infinity', which sorts and compares as that moment would, and reads it back without a
+    zone: such a timestamp gets its UTC back.
+    """
+    records = [event_record(dict(zip(EVENT_COLUMNS, row, strict=True))) for row in rows]
+    for record in records:
+        if record["timestamp"].tzinfo is None:
+            record["timestamp"] = record["timestamp"].replace(tzinfo=UTC)
+    return records
 
 
 EVENT_DECODERS = {"sqlite": _sqlite_event_records, "postgresql": _postgresql_event_records}

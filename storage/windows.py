@@ -53,6 +53,11 @@ def zone_start(moment: datetime, span: int) -> datetime:
     return moment.replace(minute=0) if span == HOUR else moment
 
 
+def _later(moment: datetime, step: timedelta) -> datetime:
+    """`step` after `moment`; in the calendar's last minute or hour, its last moment instead."""
+    return _LATEST if _LATEST - moment < step else moment + step
+
+
 def is_late(timestamp: datetime, received_at: datetime) -> bool:
     return abs(received_at - timestamp) > LATE_AFTER
 
@@ -64,7 +69,7 @@ def zone_parameters(since: datetime | None, until: datetime | None) -> dict[str,
     until = _LATEST if until is None else until
     first_hour = zone_start(since, HOUR)
     if first_hour < since:
-        first_hour += timedelta(hours=1)
+        first_hour = _later(first_hour, timedelta(hours=1))
     last_hour = zone_start(until, HOUR)
     lead_end = min(first_hour, until)
     if last_hour < first_hour:  # the window lies within one hour: its minutes are enough
@@ -130,7 +135,7 @@ async def record_windows(
             continue
         if not minute <= timestamp < minute_end:
             minute = zone_start(timestamp, MINUTE)
-            minute_end = minute + timedelta(minutes=1)
+            minute_end = _later(minute, timedelta(minutes=1))
             bounds = minutes.setdefault(minute, [event_id, event_id])
         if event_id < bounds[0]:
             bounds[0] = event_id

@@ -68,7 +68,7 @@ def counting(seen: SQLStatements) -> list[str]:
     return [
         statement
         for statement in seen.statements
-        if statement.lstrip().upper().startswith("SELECT")
+        if statement.lstrip().upper().startswith(("SELECT", "WITH"))
         and (ROLL_UP_NAME.search(statement) or statement in seen.counts)
     ]
 
@@ -336,7 +336,7 @@ def expected_counts(rows: Sequence[Any], by: CountBy, window: Window, event_filt
         found = Counter(floor(row.timestamp) for row in selected)
         start, buckets = floor(window.since), []
         while start < window.until and window.since < window.until:
-            buckets.append((start.strftime("%Y-%m-%dT%H:%M:%SZ"), found[start]))
+            buckets.append((start.replace(tzinfo=None).isoformat() + "Z", found[start]))
             if datetime.max.replace(tzinfo=UTC) - start < step:
                 break
             start += step
