@@ -143,6 +143,17 @@ IDEMPOTENCY_ERRORS = {
         "This Idempotency-Key was already used for a different request; "
         "send a new key for a new request.",
     ),
+    "503": {
+        **_problem(
+            "The database did not confirm the commit and could not be asked whether it "
+            "landed: the events may have been stored. Retry with the same Idempotency-Key.",
+            503,
+            "The events may have been stored: the database did not confirm the commit and "
+            "could not be asked whether it landed. Retry with an Idempotency-Key (the same "
+            "one, if this request had one): a retry with the same key stores them once.",
+        ),
+        "headers": {"Retry-After": {"schema": {"type": "string"}}},
+    },
 }
 REPLAYED = {
     "Idempotent-Replayed": {
