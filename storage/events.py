@@ -245,10 +245,16 @@ class PageShape:
             .where(*self._outside_zones(late_events.c.id, zones))
         )
         late = select(events).where(events.c.id.in_(late_ids))
+        limit = bindparam("limit", type_=Integer())
+        if dialect_name == "postgresql":
+            # PostgreSQL (15) sorts a top-level UNION ALL as a whole: over a wide window it
+            # read every row of the org's walk to keep 101 (2.3 s on 10M events, EXPLAIN
+            # ANALYZE). Each arm ordered and limited becomes a Merge Append of two backward
+            # index scans that stops at the page's end (0.16 ms).
+            walk = walk.order_by(self._order_by()).limit(limit)
+            late = late.order_by(self._order_by()).limit(limit)
         page = union_all(walk, late)
-        return page.order_by(self._order_by(page.selected_columns.id)).limit(
-            bindparam("limit", type_=Integer())
-        )
+        return page.order_by(self._order_by(page.selected_columns.id)).limit(limit)
 
     def _walk_range(self, dialect_name: str, zones: CTE) -> list[ColumnElement[bool]]:
         """At most one lower and one upper bound on id: the zones' and the cursor's together.
