@@ -10,7 +10,6 @@ and logged at debug level.
 """
 
 import asyncio
-import json
 import logging
 from collections.abc import Mapping
 from contextlib import suppress
@@ -56,6 +55,7 @@ from schema.context import Context
 from schema.subscription import LiveContext
 from storage.broker import Broker
 from storage.database import Database
+from storage.domain import load_json
 from storage.keys import KeyHolder
 
 logger = logging.getLogger(__name__)
@@ -318,7 +318,8 @@ class GraphQLApp(GraphQL[Context, None]):
         """A body, or GET's `variables` or `extensions`: a JSON object, else a coded 400 (a
         list goes on, to be refused as a batch or as variables that are not an object)."""
         try:
-            value = json.loads(data)
+            # orjson, as REST bodies: json.loads took 64 ms over 10,000 events, on the event loop.
+            value = load_json(data)
         except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep or too long a number
             raise GraphQLRequestError(400, "Expected valid JSON.", "BAD_REQUEST") from None
         if not isinstance(value, dict | list):

@@ -1,5 +1,6 @@
 """The REST shim: the legacy specification's eight routes at their exact paths, and batch ingest."""
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any, TypeVar, cast
@@ -18,6 +19,7 @@ from gateway.responses import JSONResponse
 from gateway.urls import own_url, request_base
 from storage.database import Database
 from storage.domain import (
+    BATCH_SLICE,
     ID_RULE,
     EventFilter,
     InvalidBatch,
@@ -26,6 +28,7 @@ from storage.domain import (
     enum_name,
     is_valid_id,
     load_json,
+    load_json_array,
     parse_batch,
     parse_timestamp,
     validation_errors,
@@ -186,15 +189,18 @@ async def _event_list(
 NDJSON = "application/x-ndjson"
 
 
-def _batch_items(raw: bytes, content_type: str) -> list[Any]:
-    """The items of a batch body: a JSON array, or one JSON object per line (NDJSON)."""
+async def _batch_items(raw: bytes, content_type: str) -> list[Any]:
+    """The items of a batch body: a JSON array, or one JSON object per line (NDJSON). A large
+    body is read a slice at a time, so that other requests are served meanwhile."""
     if content_type.partition(";")[0].strip().lower() != NDJSON:
         try:
-            return cast(list[Any], load_json(raw))
+            return cast(list[Any], await load_json_array(raw))
         except orjson.JSONDecodeError:
             raise invalid("body", "must be valid JSON") from None
     items, errors = [], []
     for number, line in enumerate(line for line in raw.splitlines() if line.strip()):
+        if number and not number % BATCH_SLICE:
+            await asyncio.sleep(0)
         try:
             items.append(load_json(line))
         except orjson.JSONDecodeError:
@@ -253,7 +259,9 @@ class OrgEvents(HTTPEndpoint):
         single_values(request.query_params, ())
         raw = await request.body()
         try:
-            items = await parse_batch(_batch_items(raw, request.headers.get("content-type", "")))
+            items = await parse_batch(
+                await _batch_items(raw, request.headers.get("content-type", ""))
+            )
         except InvalidBatch as error:
             raise invalid_fields(error.errors) from None
         rows, headers = await _log(request, db, holder, "batch", items)

@@ -26,7 +26,7 @@ from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from schema.errors import is_unexpected
-from schema.execution import GatewayExecutor
+from schema.execution import GatewayExecutor, convert_large_lists_beside_the_loop
 from schema.mutation import Mutation
 from schema.query import Query
 from schema.scalars import DateTime
@@ -129,7 +129,7 @@ def build_schema(
     ]
     if not introspection:
         limit_rules.append(NoIntrospection)
-    return GatewaySchema(
+    schema = GatewaySchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -144,6 +144,8 @@ def build_schema(
         execution_context_class=GatewayExecutor,
         scalar_overrides={datetime: DateTime},
     )
+    convert_large_lists_beside_the_loop(schema)
+    return schema
 
 
 def schema_sdl() -> str:

@@ -1,11 +1,14 @@
-"""Field execution with a fast path for plain leaf fields, the bulk of every page of events."""
+"""Field execution with a fast path for plain leaf fields, the bulk of every page of events,
+and large variables coerced beside the event loop."""
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NamedTuple, cast
 from weakref import WeakKeyDictionary
 
 from graphql import (
+    ExecutionResult,
     Executor,
     GraphQLField,
     GraphQLLeafType,
@@ -20,9 +23,15 @@ from graphql import (
     is_object_type,
 )
 from graphql.execution.collect_fields import FieldDetailsList, GroupedFieldSet
+from graphql.execution.values import get_variable_values
+from graphql.language import OperationType
 from graphql.pyutils import AwaitableOrValue, Path
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
-from strawberry.schema.schema_converter import CustomGraphQLEnumType, GraphQLCoreConverter
+from strawberry.schema.schema import Schema, StrawberryGraphQLCoreExecutionContext
+from strawberry.schema.schema_converter import (
+    CustomGraphQLEnumType,
+    GraphQLCoreConverter,
+    get_arguments,
+)
 from strawberry.types.field import StrawberryField
 
 
@@ -43,9 +52,62 @@ class SelectionPlan(NamedTuple):
     response_names: tuple[str, ...]  # the selection's order, which the response keeps
 
 
+# A variable holding a list longer than this is coerced in a worker thread. graphql-core's
+# coercion is pure Python: for a 10,000-event logContainerEvents it held the event loop for
+# ~130 ms in one go, where a thread gives the loop its turn every few milliseconds.
+THREADED_LIST_ITEMS = 500
+
 # Exact types that are never awaitable (no __await__, no attributes of their own per value),
 # so the check is skipped for them: datetimes are two of an event's eight fields.
 NEVER_AWAITABLE = frozenset({str, int, float, bool, dict, list, datetime})
+
+
+def convert_large_lists_beside_the_loop(schema: Schema) -> None:
+    """Mutations given a list longer than THREADED_LIST_ITEMS have their arguments converted
+    to Strawberry inputs in a worker thread, then their resolver called as Strawberry calls it.
+
+    Strawberry converts a list on the event loop, item by item: ~10 µs each in its own
+    dispatch, so 10,000 events held the loop for 155 ms (tests/test_graphql_large_variables.py
+    compares the two paths). Only fields without field extensions or exception handlers are
+    taken, whose resolver Strawberry calls directly with the converted arguments.
+    """
+    mutation = schema._schema.mutation_type
+    converter = schema.schema_converter
+    for graphql_field in mutation.fields.values() if mutation else ():
+        field = (graphql_field.extensions or {}).get(GraphQLCoreConverter.DEFINITION_BACKREF)
+        if not isinstance(field, StrawberryField) or field.extensions:
+            continue
+        if converter._get_field_exception_handlers(field):
+            continue
+        graphql_field.resolve = _converting_large_lists(schema, field, graphql_field.resolve)
+
+
+def _converting_large_lists(schema: Schema, field: StrawberryField, ordinary: Any) -> Any:
+    converter = schema.schema_converter
+
+    def resolve(source: Any, info: GraphQLResolveInfo, **kwargs: Any) -> Any:
+        if not any(
+            isinstance(value, list) and len(value) > THREADED_LIST_ITEMS
+            for value in kwargs.values()
+        ):
+            return ordinary(source, info, **kwargs)
+        return _resolve_converted(source, info, kwargs)
+
+    async def _resolve_converted(source: Any, info: GraphQLResolveInfo, kwargs: Any) -> Any:
+        strawberry_info = schema.config.info_class(_raw_info=info, _field=field)
+        args, converted = await asyncio.to_thread(
+            get_arguments,
+            field=field,
+            source=source,
+            info=strawberry_info,
+            kwargs=kwargs,
+            config=schema.config,
+            scalar_registry=converter.scalar_registry,
+        )
+        result = field.get_result(source, info=strawberry_info, args=args, kwargs=converted)
+        return await result if asyncio.iscoroutine(result) or asyncio.isfuture(result) else result
+
+    return resolve
 
 
 class GatewayExecutor(StrawberryGraphQLCoreExecutionContext):
@@ -63,6 +125,63 @@ class GatewayExecutor(StrawberryGraphQLCoreExecutionContext):
     always take graphql-core's path; @skip and @include are applied before any of this, when
     the fields are collected.
     """
+
+    _deferred_variables: dict[str, Any] | None = None  # raw values, coerced when it runs
+
+    @classmethod
+    def build(
+        cls,
+        schema: Any,
+        document: Any,
+        root_value: Any = None,
+        context_value: Any = None,
+        raw_variable_values: dict[str, Any] | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        """graphql-core's build; with a large list variable, the document is checked against
+        an empty list in its place and the real values are coerced when the operation runs,
+        in a worker thread (execute_operation). A list given where no list may go is then
+        reported as `[]`: an error either way."""
+        raw = raw_variable_values or {}
+        large = {
+            name
+            for name, value in raw.items()
+            if isinstance(value, list) and len(value) > THREADED_LIST_ITEMS
+        }
+        if not large:
+            return super().build(schema, document, root_value, context_value, raw, *args, **kwargs)
+        stand_in = {name: [] if name in large else value for name, value in raw.items()}
+        built = super().build(
+            schema, document, root_value, context_value, stand_in, *args, **kwargs
+        )
+        if isinstance(built, list):
+            return built
+        if built.operation.operation is OperationType.SUBSCRIPTION:  # not run by execute_operation
+            return super().build(schema, document, root_value, context_value, raw, *args, **kwargs)
+        cast(GatewayExecutor, built)._deferred_variables = raw
+        return built
+
+    def execute_operation(self, serially: bool | None = None) -> Any:
+        if self._deferred_variables is None:
+            return super().execute_operation(serially)
+        return self._execute_when_coerced(self._deferred_variables, serially)
+
+    async def _execute_when_coerced(self, raw: dict[str, Any], serially: bool | None) -> Any:
+        self._deferred_variables = None
+        coerced = await asyncio.to_thread(
+            get_variable_values,
+            self.schema,
+            self.operation.variable_definitions or (),
+            raw,
+            max_errors=50,  # graphql-core's default, which Strawberry keeps
+            hide_suggestions=self.hide_suggestions,
+        )
+        if isinstance(coerced, list):
+            return ExecutionResult(None, errors=coerced)
+        self.variable_values = coerced
+        result = super().execute_operation(serially)
+        return await result if self.is_awaitable(result) else result
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
