@@ -49,7 +49,7 @@ def create_app(
     authenticator = Authenticator(db, cache_seconds=settings.key_cache_seconds)
     # Open sockets lose a revoked key as soon as REST requests do.
     key_watch = KeyWatch(db, authenticator)
-    broker = broker or Broker()
+    broker = broker or Broker(memory_bytes=settings.subscription_memory_mb * 1024 * 1024)
     operations = Operations(db, broker)  # /healthz, /readyz, /metrics
     ui_assets = UIAssets.configured(settings.ui_assets)  # GraphiQL's and /docs' files
     graphql = GraphQLApp(
@@ -130,6 +130,7 @@ def create_app(
     )
     app.state.db = db
     app.state.authenticator = authenticator
+    app.state.broker = broker
     app.state.settings = settings
     app.state.public_url = public_base(settings.public_url)
     redirect_slashes(app.router, app.state.public_url)

@@ -12,14 +12,17 @@ ENV_PREFIX = "EVENTS_GATEWAY_"
 DATABASE_URL_VARIABLE = ENV_PREFIX + "DATABASE_URL"
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     raw = os.environ.get(ENV_PREFIX + name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise SystemExit(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise SystemExit(f"{ENV_PREFIX}{name} must be at least {minimum}, got {raw!r}")
+    return value
 
 
 def _env_float(name: str, default: float) -> float:
@@ -90,6 +93,9 @@ class Settings:
     # The address clients reach the gateway at (gateway/urls.py): absolute `Link` and redirect
     # URLs are built on it; "" makes them relative, and never from the request's Host header.
     public_url: str = ""
+    # What the subscription tails of one process hold in memory, all orgs together
+    # (storage/broker.py): past it the oldest held events are dropped and re-read when needed.
+    subscription_memory_mb: int = 64
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":
@@ -127,6 +133,9 @@ class Settings:
             "rate_limit_key_prefix": os.environ.get(ENV_PREFIX + "RATE_LIMIT_KEY_PREFIX")
             or cls.rate_limit_key_prefix,
             "public_url": _env_checked("PUBLIC_URL", cls.public_url, public_base),
+            "subscription_memory_mb": _env_int(
+                "SUBSCRIPTION_MEMORY_MB", cls.subscription_memory_mb, minimum=0
+            ),
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]

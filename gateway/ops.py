@@ -99,6 +99,12 @@ class Metrics:
             "GraphQL subscriptions open in this process.",
             registry=self.registry,
         ).set_function(broker.following)
+        Gauge(
+            "events_gateway_subscription_held_bytes",
+            "Estimated memory of the events this process's subscription tails hold; at most "
+            "EVENTS_GATEWAY_SUBSCRIPTION_MEMORY_MB.",
+            registry=self.registry,
+        ).set_function(broker.held_bytes)
         pool = db.engine.pool
         if isinstance(pool, QueuePool):
             in_use = Gauge(

@@ -19,12 +19,14 @@ sent meanwhile are gone.
 
 import asyncio
 import logging
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
+from itertools import accumulate
 from typing import Any
 
 import asyncpg
+import orjson
 
 from storage.database import Database
 from storage.domain import EventFilter, Order
@@ -39,6 +41,11 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 5.0
 RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 FOLLOW_PAGE_SIZE = 500
+# A read of the database for subscribers asks for about this much at a time (by the size of
+# the events it read last, between 1 and FOLLOW_PAGE_SIZE events), starting at
+# FIRST_PAGE_SIZE: an event with 16 KiB of details may take ~200 KB once decoded.
+PAGE_BYTES = 1024 * 1024
+FIRST_PAGE_SIZE = 20
 # Events a subscriber sends before it lets the rest of the process take a turn.
 TURN_EVENTS = 20
 # A subscriber that has not caught up while this many of its org's events were committed is
@@ -47,6 +54,14 @@ TURN_EVENTS = 20
 MAX_LAG = 100_000
 # The newest events of an org a tail keeps in memory (it trims back to this at twice as many).
 TAIL_EVENTS = 10_000
+# What all the tails of a process may hold together, estimated by `record_bytes`: past it, the
+# largest tails forget their oldest events (their subscribers behind read the database).
+SUBSCRIPTION_MEMORY_BYTES = 64 * 1024 * 1024
+# An event's estimated memory, measured with tracemalloc on decoded records (bench/memory.py
+# prints the estimate beside the measure): a record with small details takes ~0.9 KB, and its
+# details about their JSON length plus ~35-60 bytes per value (each a Python object).
+RECORD_BYTES = 1024
+VALUE_BYTES = 64
 RETRY_SECONDS = 1.0  # after a tail's read failed
 
 
@@ -87,9 +102,16 @@ class Subscriber:
 class Broker:
     """In-process registry of subscribers by org; `publish` wakes those of one org."""
 
-    def __init__(self, *, max_lag: int = MAX_LAG, poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(
+        self,
+        *,
+        max_lag: int = MAX_LAG,
+        poll_seconds: float = POLL_SECONDS,
+        memory_bytes: int = SUBSCRIPTION_MEMORY_BYTES,
+    ) -> None:
         self.max_lag = max_lag  # events a subscriber may fall behind before it is ended
         self.poll_seconds = poll_seconds
+        self.memory_bytes = memory_bytes  # what the tails of this process hold, all together
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._published: dict[str, int] = {}
         self._tails: dict[str, Tail] = {}
@@ -146,6 +168,31 @@ class Broker:
         """How many subscriptions (`follow`) are open in this process, over all orgs."""
         return sum(len(tail.followers) for tail in self._tails.values())
 
+    def held_bytes(self) -> int:
+        """The estimated memory of the events every tail of this process holds."""
+        return sum(tail.held_bytes for tail in self._tails.values())
+
+    def _within_budget(self) -> None:
+        """Trim the largest tails, oldest events first, until all hold at most
+        `memory_bytes` together; called after a tail took new events.
+
+        The largest give first: all of those above a level give what they hold above it,
+        the level chosen so that together they free the excess.
+        """
+        excess = self.held_bytes() - self.memory_bytes
+        if excess <= 0:
+            return
+        tails = sorted(self._tails.values(), key=lambda tail: tail.held_bytes, reverse=True)
+        above = level = 0  # what the k largest hold together, and what each keeps
+        for k, tail in enumerate(tails, 1):
+            above += tail.held_bytes
+            below = tails[k].held_bytes if k < len(tails) else 0
+            if above - k * below >= excess:
+                level = (above - excess) // k
+                break
+        for tail in tails[:k]:
+            tail.forget(tail.held_bytes - level)
+
     def wake_all(self) -> None:
         for members in self._subscribers.values():
             for subscriber in members:
@@ -192,6 +239,8 @@ class Tail(_Background):
         self.top_id = 0
         self._ids: list[int] = []
         self._rows: list[EventRecord] = []
+        self._sizes: list[int] = []  # each row's record_bytes
+        self.held_bytes = 0
 
     def add(self, follower: Subscriber) -> None:
         self.followers.add(follower)
@@ -224,11 +273,12 @@ class Tail(_Background):
                         "the tail of org %r failed; its subscribers read alone", self.org_id
                     )
                 self.base_id = None
-                self._ids, self._rows = [], []
+                self._ids, self._rows, self._sizes, self.held_bytes = [], [], [], 0
                 self._wake_followers()
                 await asyncio.sleep(RETRY_SECONDS)
 
     async def _follow(self, notices: Subscriber) -> None:
+        limit = FIRST_PAGE_SIZE
         self.top_id = await newest_event_id(self._db, self.org_id)
         self.base_id = self.top_id
         self._wake_followers()
@@ -240,24 +290,42 @@ class Tail(_Background):
                     found = await list_events(
                         reader,
                         org_id=self.org_id,
-                        page=Page(limit=FOLLOW_PAGE_SIZE, after_id=self.top_id, order=Order.ASC),
+                        page=Page(limit=limit, after_id=self.top_id, order=Order.ASC),
                     )
-                self._keep(found.rows)
+                if found.rows:
+                    limit = page_size(len(found.rows), self._keep(found.rows))
                 containers.update(row["container_id"] for row in found.rows)
                 if found.next_cursor is None:
                     break
             self._wake_followers(containers)
 
-    def _keep(self, rows: Sequence[EventRecord]) -> None:
-        if not rows:
-            return
+    def _keep(self, rows: Sequence[EventRecord]) -> int:
+        """Hold the rows (the newest of the org, in id order); their estimated bytes."""
+        sizes = [record_bytes(row) for row in rows]
         self._ids.extend(row["id"] for row in rows)
         self._rows.extend(rows)
+        self._sizes.extend(sizes)
+        self.held_bytes += sum(sizes)
         self.top_id = self._ids[-1]
         if len(self._ids) > 2 * TAIL_EVENTS:
-            dropped = len(self._ids) - TAIL_EVENTS
-            self.base_id = self._ids[dropped - 1]
-            del self._ids[:dropped], self._rows[:dropped]
+            self._drop(len(self._ids) - TAIL_EVENTS)
+        self._broker._within_budget()
+        return sum(sizes)
+
+    def forget(self, at_least: int) -> None:
+        """Drop the oldest events until `at_least` bytes are freed (or none is left).
+        Subscribers behind the new `base_id` read the database."""
+        if at_least <= 0:
+            return
+        freed = list(accumulate(self._sizes))
+        self._drop(min(bisect_left(freed, at_least) + 1, len(freed)))
+
+    def _drop(self, count: int) -> None:
+        if count <= 0:
+            return
+        self.base_id = self._ids[count - 1]
+        self.held_bytes -= sum(self._sizes[:count])
+        del self._ids[:count], self._rows[:count], self._sizes[:count]
 
     def _wake_followers(self, containers: set[str] | None = None) -> None:
         """Wake those following any of the containers (None: all of them), and those
@@ -271,6 +339,19 @@ class Tail(_Background):
             )
         for follower in woken:
             follower.wake()
+
+
+def record_bytes(row: EventRecord) -> int:
+    """An estimate, from above, of the memory a decoded record takes (see RECORD_BYTES):
+    its details' JSON length plus VALUE_BYTES for each value in them."""
+    details = orjson.dumps(row["details"])
+    values = details.count(b",") + details.count(b":") + 1
+    return RECORD_BYTES + len(details) + VALUE_BYTES * values
+
+
+def page_size(events: int, total_bytes: int) -> int:
+    """How many events to read next, after `events` that took `total_bytes`."""
+    return max(1, min(FOLLOW_PAGE_SIZE, PAGE_BYTES * events // max(total_bytes, 1)))
 
 
 class Listener(_Background):
@@ -371,6 +452,7 @@ async def follow_events(
     the org's events (whatever the filter) were committed since it last caught up.
     """
     max_lag = subscriber.max_lag
+    limit = FIRST_PAGE_SIZE  # of a read of the database
     caught_up_at = subscriber.published()
     tail = subscriber.tail
     while True:
@@ -393,9 +475,11 @@ async def follow_events(
                     org_id=subscriber.org_id,
                     event_filter=event_filter,
                     container_id=container_id,
-                    page=Page(limit=FOLLOW_PAGE_SIZE, after_id=after_id, order=Order.ASC),
+                    page=Page(limit=limit, after_id=after_id, order=Order.ASC),
                 )
             rows, more = found.rows, found.next_cursor is not None
+            if rows:
+                limit = page_size(len(rows), sum(record_bytes(row) for row in rows))
             last_id = rows[-1]["id"] if rows else after_id
             if not more and top_id is not None:
                 # None of the rest up to the tail's top matched: go on from the tail.

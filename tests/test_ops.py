@@ -114,6 +114,7 @@ async def test_metrics_parse_as_prometheus_text(client):
         "events_gateway_write_events",
         "events_gateway_write_transaction_events",
         "events_gateway_subscriptions",
+        "events_gateway_subscription_held_bytes",
         "events_gateway_db_pool_checked_out",
         "events_gateway_db_pool_size",
     } <= names
