@@ -214,6 +214,11 @@ async def test_a_fault_while_streaming_is_still_logged_as_an_error(server: Serve
         await db.dispose()
 
     assert message["type"] in ("next", "error"), message
-    [fault] = await server.errors_after(start, sockets=1)
+    faults = await server.errors_after(start, sockets=1)
+    # The org's tail may meet the missing table too, and says so once, on its own logger.
+    by_logger = {fault["logger"]: fault for fault in faults}
+    assert len(by_logger) == len(faults), faults  # nothing logged twice
+    assert set(by_logger) <= {"schema.subscription", "storage.broker"}, faults
+    fault = by_logger["schema.subscription"]
     assert fault["message"] == "subscription containerEvents failed"
     assert "traceback" in fault
