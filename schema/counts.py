@@ -42,10 +42,13 @@ class EventQuery:
 
 
 async def resolve_total_count(info: Info[Context, None], query: EventQuery) -> int:
-    """Count the events of a connection's every page; runs only when totalCount is selected."""
-    async with info.context.db.session() as session:
+    """Count the events of a connection's every page; runs only when totalCount is selected.
+
+    On the read pool: one statement, compiled once per shape (storage.counts.count_events).
+    """
+    async with info.context.db.reader() as reader:
         return await count_events(
-            session,
+            reader,
             org_id=query.org_id,
             event_filter=query.event_filter,
             container_id=query.container_id,

@@ -29,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import (
     CTE,
+    BindParameter,
     Column,
     ColumnElement,
     CompoundSelect,
@@ -37,9 +38,9 @@ from sqlalchemy import (
     Select,
     Table,
     any_,
+    bindparam,
     cast,
     func,
-    literal,
     literal_column,
     select,
     type_coerce,
@@ -49,9 +50,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.domain import EventFilter
-from storage.driver import execute_many
+from storage.driver import Reader, execute_many
 from storage.events import EventRecord, Window, filter_column
 from storage.models import (
+    UTCDateTime,
     counts_by_container,
     counts_by_container_hour,
     counts_by_org,
@@ -205,7 +207,8 @@ async def record_counts(
             await execute_many(session, _increment(dialect, table), rows)
 
 
-# Reading.
+# Reading. A count's statement is planned in Python (_plan: its shape and its parameters'
+# values) and built from the shape alone, so the read pool compiles each shape once.
 
 
 @dataclass(frozen=True)
@@ -297,17 +300,6 @@ class _Selection:
             )
         return counts_by_org_hour if self.windowed else counts_by_org
 
-    def criteria(
-        self, table: Table, hidden: Callable[[Column[Any]], ColumnElement[Any]]
-    ) -> list[ColumnElement[bool]]:
-        criteria = [table.c.org_id == self.org_id]
-        if self.event_filter is not None:
-            column, value = filter_column(self.event_filter)
-            criteria.append(hidden(table.c[column.key]) == value)
-        if self.container_id is not None:
-            criteria.append(hidden(table.c.container_id) == self.container_id)
-        return criteria
-
 
 def _unindexed(dialect: str) -> Callable[[Column[Any]], ColumnElement[Any]]:
     """Hide a column from SQLite's index choice (a unary +), so an edge of a window is read
@@ -323,28 +315,24 @@ def _unindexed(dialect: str) -> Callable[[Column[Any]], ColumnElement[Any]]:
 class _Grouping:
     """How a count keys its rows: by a column every table has (event_type, status,
     container_id), by time bucket ((hour - first_hour) // span_hours, an index into the
-    buckets), or not at all (a total)."""
+    buckets, with first_hour a parameter), or not at all (a total)."""
 
     column: str | None = None
-    first_hour: int = 0
     span_hours: int = 0
 
-    def rolled(self, table: Table) -> list[ColumnElement[Any]]:
+    def rolled(self, table: Table, first_hour: BindParameter[int]) -> list[ColumnElement[Any]]:
         if self.column is not None:
             return [table.c[self.column].label("key")]
         if self.span_hours:
-            bucket = (table.c.hour - literal(self.first_hour, Integer())) // self.span_hours
-            return [bucket.label("key")]
+            return [((table.c.hour - first_hour) // self.span_hours).label("key")]
         return []
 
-    def edge(self, edge: _Edge, count: ColumnElement[int]) -> Select[Any]:
+    def edge(self, bucket: BindParameter[Any], count: ColumnElement[int]) -> Select[Any]:
+        """An edge's events; `bucket` is the index of the bucket its hour falls in."""
         if self.column is not None:
             column = events.c[self.column]
             return select(column.label("key"), count.label("n")).group_by(column)
         if self.span_hours:
-            bucket: ColumnElement[Any] = literal(
-                (edge.hour - self.first_hour) // self.span_hours, Integer()
-            )
             return select(bucket.label("key"), count.label("n"))
         return select(count.label("n"))
 
@@ -366,14 +354,15 @@ def _days(first_hour: int | None, end_hour: int | None) -> tuple[int, int] | Non
     return days
 
 
-def _stored_day_starts(org_id: str, first: int, last: int) -> CTE:
+def _stored_day_starts(
+    org_id: BindParameter[str], first: BindParameter[int], last: BindParameter[int]
+) -> CTE:
     """The starts from `first` to `last`, every DAY_HOURS, of the org's stored days (and of
     some empty ones), each found by one index seek past the one before: as many as the days
     stored, however wide the window, in a statement of constant size. Listing every start
     took a parameter per day: 3.65 million over years 1 to 9999.
     """
     day = totals_by_container_day
-    origin = literal(first, Integer())
 
     def next_start(after: ColumnElement[int]) -> ColumnElement[int]:
         """The first start on the days' step at or past the next stored start after `after`;
@@ -385,9 +374,9 @@ def _stored_day_starts(org_id: str, first: int, last: int) -> CTE:
             .limit(1)
             .scalar_subquery()
         )
-        return origin + (stored - origin + (DAY_HOURS - 1)) // DAY_HOURS * DAY_HOURS
+        return first + (stored - first + (DAY_HOURS - 1)) // DAY_HOURS * DAY_HOURS
 
-    starts = select(next_start(origin - 1).label("start_hour")).cte("day_starts", recursive=True)
+    starts = select(next_start(first - 1).label("start_hour")).cte("day_starts", recursive=True)
     return starts.union_all(
         select(next_start(starts.c.start_hour)).where(starts.c.start_hour.is_not(None))
     )
@@ -403,81 +392,185 @@ def _one_of(column: Column[int], starts: CTE, dialect: str) -> ColumnElement[boo
     return column == any_(cast(found, postgresql.ARRAY(Integer())))
 
 
-def _rolled(
-    selection: _Selection, dialect: str, table: Table, grouping: _Grouping, split: _Split
-) -> list[Select[Any]]:
-    """Roll-up rows for the window's whole hours: the hours themselves or, when containers
-    are grouped without a filter and it costs less, containers' days and the hours around."""
+@dataclass(frozen=True)
+class _Part:
+    """One SELECT among a count's rows, `table`'s rows added (sign 1) or taken off (-1): of a
+    roll-up, those of the hours [lower, upper); of the containers' days, those starting from
+    lower to upper, both included; of `events` (an edge), those stamped in [lower, upper).
+    Which ends it has is its shape; their values are the parameters lower_<i> and upper_<i>,
+    i its place in the statement."""
 
-    def hours(first: int | None, end: int | None, sign: int) -> Select[Any]:
-        count = table.c.event_count if sign > 0 else -table.c.event_count
-        query = select(*grouping.rolled(table), count.label("n"))
-        query = query.where(*selection.criteria(table, lambda column: column))
-        if first is not None:
-            query = query.where(table.c.hour >= first)
-        return query if end is None else query.where(table.c.hour < end)
-
-    first, end = split.first_hour, split.end_hour
-    if first is not None and end is not None and first >= end:
-        return []
-    days = _days(first, end) if table is totals_by_container_hour else None
-    if days is None or first is None or end is None:
-        return [hours(first, end, 1)]
-    start, count = days
-    day = totals_by_container_day
-    starts = _stored_day_starts(selection.org_id, start, start + (count - 1) * DAY_HOURS)
-    parts = [
-        select(*grouping.rolled(day), day.c.event_count.label("n")).where(
-            *selection.criteria(day, lambda column: column),
-            _one_of(day.c.start_hour, starts, dialect),
-        )
-    ]
-    # The hours between the window's ends and the days' ends: added inside, taken off outside.
-    covered = start + count * DAY_HOURS
-    around = [(first, start, 1), (start, first, -1), (covered, end, 1), (end, covered, -1)]
-    return parts + [hours(since, until, sign) for since, until, sign in around if since < until]
+    table: Table
+    sign: int
+    lower: bool
+    upper: bool
 
 
-def _counted(
-    selection: _Selection, dialect: str, grouping: _Grouping, by: CountBy | None
-) -> Select[Any] | CompoundSelect:
+@dataclass(frozen=True)
+class _Shape:
+    """What a count statement's SQL depends on, its values left to parameters: a filter's
+    column, whether it names a container, its grouping and its parts. A shape is compiled once
+    per dialect (storage.driver.Reader); `prefix` begins its parameters' names, so that two
+    shapes can share a statement."""
+
+    filter_column: str | None
+    container: bool
+    grouping: _Grouping
+    parts: tuple[_Part, ...]
+    prefix: str = ""
+
+    def param(self, name: str, type_: Any = None) -> BindParameter[Any]:
+        return bindparam(self.prefix + name, type_=type_)
+
+    def criteria(
+        self, table: Table, hidden: Callable[[Column[Any]], ColumnElement[Any]]
+    ) -> list[ColumnElement[bool]]:
+        criteria = [table.c.org_id == self.param("org_id")]
+        if self.filter_column is not None:
+            criteria.append(hidden(table.c[self.filter_column]) == self.param("filter_value"))
+        if self.container:
+            criteria.append(hidden(table.c.container_id) == self.param("container_id"))
+        return criteria
+
+
+def _as_is(column: Column[Any]) -> ColumnElement[Any]:
+    return column
+
+
+def _plan(
+    selection: _Selection,
+    grouping: _Grouping,
+    by: CountBy | None,
+    *,
+    first_hour: int = 0,
+    prefix: str = "",
+) -> tuple[_Shape, dict[str, Any]]:
+    """The shape of the statement that counts the selection from `by`'s roll-ups and its
+    parameters' values: roll-up rows for the window's whole hours (the hours themselves or,
+    when containers are grouped without a filter and it costs less, containers' days and the
+    hours around them), plus each edge's events. Time buckets start at `first_hour`."""
+    table = selection.roll_ups(by)
+    column, value = (None, None)
+    if selection.event_filter is not None:
+        column, value = filter_column(selection.event_filter)
+    values: dict[str, Any] = {
+        "org_id": selection.org_id,
+        "filter_value": value,
+        "container_id": selection.container_id,
+        "first_hour": first_hour,
+    }
+    parts: list[_Part] = []
+
+    def add(table: Table, sign: int, lower: Any, upper: Any, edge_hour: int | None = None) -> None:
+        index = len(parts)
+        parts.append(_Part(table, sign, lower is not None, upper is not None))
+        values[f"lower_{index}"], values[f"upper_{index}"] = lower, upper
+        if edge_hour is not None and grouping.span_hours:
+            values[f"bucket_{index}"] = (edge_hour - first_hour) // grouping.span_hours
+
+    if not selection.windowed:
+        add(table, 1, None, None)
+    else:
+        split = _split(selection.window.since, selection.window.until, utcnow())
+        first, end = split.first_hour, split.end_hour
+        days = _days(first, end) if table is totals_by_container_hour else None
+        if first is None or end is None or first < end:  # else no whole hour: only edges
+            if days is None or first is None or end is None:
+                add(table, 1, first, end)
+            else:
+                start, count = days
+                add(totals_by_container_day, 1, start, start + (count - 1) * DAY_HOURS)
+                # The hours between the window's ends and the days' ends: added inside, taken
+                # off outside.
+                covered = start + count * DAY_HOURS
+                around = [
+                    (first, start, 1),
+                    (start, first, -1),
+                    (covered, end, 1),
+                    (end, covered, -1),
+                ]
+                for since, until, sign in around:
+                    if since < until:
+                        add(table, sign, since, until)
+        for edge in split.edges:
+            add(events, edge.sign, edge.since, edge.until, edge.hour)
+    shape = _Shape(
+        filter_column=None if column is None else column.key,
+        container=selection.container_id is not None,
+        grouping=grouping,
+        parts=tuple(parts),
+        prefix=prefix,
+    )
+    return shape, {prefix + name: value for name, value in values.items()}
+
+
+def _counted(shape: _Shape, dialect: str) -> Select[Any] | CompoundSelect:
     """One statement whose rows, (key, n) or (n), add up to the selection's counts: roll-up
     rows, plus each edge's events (negative for a part taken off the hour's roll-up)."""
-    table = selection.roll_ups(by)
-    if not selection.windowed:
-        rolled = select(*grouping.rolled(table), table.c.event_count.label("n"))
-        return rolled.where(*selection.criteria(table, lambda column: column))
-    split = _split(selection.window.since, selection.window.until, utcnow())
-    parts = _rolled(selection, dialect, table, grouping, split)
+    grouping, param = shape.grouping, shape.param
+    first_hour = param("first_hour", Integer())
     hidden = _unindexed(dialect)
-    for edge in split.edges:
-        part = grouping.edge(edge, func.count() if edge.sign > 0 else -func.count())
-        part = part.where(*selection.criteria(events, hidden), events.c.timestamp >= edge.since)
-        if edge.until is not None:
-            part = part.where(events.c.timestamp < edge.until)
-        parts.append(part)
-    return parts[0] if len(parts) == 1 else union_all(*parts)
+    selects: list[Select[Any]] = []
+    for index, part in enumerate(shape.parts):
+        table, lower, upper = part.table, f"lower_{index}", f"upper_{index}"
+        if table is events:
+            count = func.count() if part.sign > 0 else -func.count()
+            edge = grouping.edge(param(f"bucket_{index}", Integer()), count).where(
+                *shape.criteria(events, hidden),
+                events.c.timestamp >= param(lower, UTCDateTime()),
+            )
+            if part.upper:
+                edge = edge.where(events.c.timestamp < param(upper, UTCDateTime()))
+            selects.append(edge)
+            continue
+        rolled = table.c.event_count if part.sign > 0 else -table.c.event_count
+        query: Select[Any] = select(*grouping.rolled(table, first_hour), rolled.label("n"))
+        query = query.where(*shape.criteria(table, _as_is))
+        if table is totals_by_container_day:
+            starts = _stored_day_starts(
+                param("org_id"), param(lower, Integer()), param(upper, Integer())
+            )
+            query = query.where(_one_of(table.c.start_hour, starts, dialect))
+        else:
+            if part.lower:
+                query = query.where(table.c.hour >= param(lower, Integer()))
+            if part.upper:
+                query = query.where(table.c.hour < param(upper, Integer()))
+        selects.append(query)
+    return selects[0] if len(selects) == 1 else union_all(*selects)
+
+
+def _total(shape: _Shape, dialect: str) -> Select[Any]:
+    counted = _counted(shape, dialect).subquery()
+    return select(func.coalesce(func.sum(counted.c.n), 0))
 
 
 async def count_events(
-    session: AsyncSession,
+    source: Reader | AsyncSession,
     *,
     org_id: str,
     event_filter: EventFilter | None,
     container_id: str | None,
     window: Window,
 ) -> int:
-    """How many events list_events would return over all its pages for the same arguments."""
+    """How many events list_events would return over all its pages for the same arguments.
+
+    One SELECT, which reads the roll-ups and the events of the window's edges as of one
+    snapshot: no transaction is needed. On a read-pool Reader (the request path) its shape is
+    compiled once per dialect; through a session it is built each time.
+    """
     selection = _Selection(org_id, event_filter, container_id, window)
     if selection.empty:
         return 0
-    query = _total(selection, session.get_bind().dialect.name)
-    return int((await session.execute(query)).scalar_one())
-
-
-def _total(selection: _Selection, dialect: str) -> Select[Any]:
-    counted = _counted(selection, dialect, _Grouping(), None).subquery()
-    return select(func.coalesce(func.sum(counted.c.n), 0))
+    shape, values = _plan(selection, _Grouping(), None)
+    if isinstance(source, Reader):
+        dialect = source.dialect.name
+        rows = await source.fetch(("count_events", shape), lambda: _total(shape, dialect), values)
+        [(total,)] = rows
+    else:
+        query = _total(shape, source.get_bind().dialect.name)
+        total = (await source.execute(query, values)).scalar_one()
+    return int(total)
 
 
 def _bucket_starts(window: Window, by: CountBy) -> list[datetime]:
@@ -523,14 +616,17 @@ async def event_counts(
     selection = _Selection(org_id, event_filter, container_id, window)
     if selection.empty:
         return EventCounts([], 0)
+    first_hour = 0
     if by in BUCKET_SPANS:
         # A bucket is keyed by its index in `starts`.
-        grouping = _Grouping(first_hour=hour_of(starts[0]), span_hours=BUCKET_SPANS[by] // HOUR)
+        grouping = _Grouping(span_hours=BUCKET_SPANS[by] // HOUR)
+        first_hour = hour_of(starts[0])
     else:
         column = {CountBy.TYPE: "event_type", CountBy.STATUS: "status"}.get(by, "container_id")
         grouping = _Grouping(column=column)
     dialect = session.get_bind().dialect.name
-    counted = _counted(selection, dialect, grouping, by).subquery()
+    shape, values = _plan(selection, grouping, by, first_hour=first_hour)
+    counted = _counted(shape, dialect).subquery()
     count = func.sum(counted.c.n)
     query = (
         select(counted.c.key, count.label("count"))
@@ -542,8 +638,10 @@ async def event_counts(
     if by is CountBy.CONTAINER:
         # More containers than listed may match: their total comes from the ungrouped
         # roll-ups, in the same statement so that it agrees with the buckets.
-        query = query.add_columns(_total(selection, dialect).scalar_subquery().label("total"))
-    rows = (await session.execute(query)).all()
+        whole, whole_values = _plan(selection, _Grouping(), None, prefix="total_")
+        query = query.add_columns(_total(whole, dialect).scalar_subquery().label("total"))
+        values.update(whole_values)
+    rows = (await session.execute(query, values)).all()
     if by is CountBy.CONTAINER:
         total = int(rows[0].total) if rows else 0
     else:

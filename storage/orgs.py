@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, Row, Select, String, bindparam, select
+from sqlalchemy import Integer, Row, Select, String, any_, bindparam, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -80,8 +81,30 @@ async def get_containers(
     wanted = sorted(set(container_ids))
     if not wanted:
         return {}
-    # Statements are compiled once per shape: round the id count up to a power of two
-    # (repeating the last id) so a handful of shapes serve every page size.
+    if reader.dialect.name == "postgresql":
+        # One array parameter: one statement for any number of ids. A generic plan for
+        # `id IN ($2, ..., $65)` was seen scanning the org's containers (4.7 ms, against
+        # 0.18 ms for `id = ANY($2::varchar[])` seeking each id in the primary key; issue 15).
+        values = {"org_id": org_id, "ids": wanted}
+        rows = await reader.fetch("containers_by_id_array", _containers_by_id_array, values)
+    else:
+        rows = await _sqlite_containers_by_ids(reader, org_id, wanted)
+    return {row[1]: ContainerRecord._make(row) for row in rows}
+
+
+def _containers_by_id_array() -> Select[Any]:
+    return select(containers).where(
+        containers.c.org_id == bindparam("org_id"),
+        containers.c.id == any_(bindparam("ids", type_=postgresql.ARRAY(String()))),
+    )
+
+
+async def _sqlite_containers_by_ids(
+    reader: Reader, org_id: str, wanted: list[str]
+) -> list[tuple[Any, ...]]:
+    # SQLite takes no array: the statement is compiled once per shape, so the id count is
+    # rounded up to a power of two (repeating the last id) and a handful of shapes serve
+    # every page size.
     size = 1 << (len(wanted) - 1).bit_length()
     values: dict[str, Any] = {"org_id": org_id}
     values.update({f"id_{i}": wanted[min(i, len(wanted) - 1)] for i in range(size)})
@@ -92,8 +115,7 @@ async def get_containers(
             containers.c.org_id == bindparam("org_id"), containers.c.id.in_(ids)
         )
 
-    rows = await reader.fetch(("containers_by_ids", size), statement, values)
-    return {row[1]: ContainerRecord._make(row) for row in rows}
+    return await reader.fetch(("containers_by_ids", size), statement, values)
 
 
 @dataclass(frozen=True)

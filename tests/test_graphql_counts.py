@@ -4,17 +4,19 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from storage.counts import CountBy
 from storage.domain import EventFilter
 from storage.events import Window
 from tests.factories import BASE_TIME, auth, make_events
 from tests.graphql_client import graphql_data, only_error, post_graphql
-from tests.sql_statements import SQLStatements
+from tests.sql_statements import COUNT_CALL, SQLStatements
 from tests.test_counts import (
     DAY,
     INSTANTS,
     MIXED,
+    ROLL_UP_NAME,
     TIMED,
     counting,
     expected_counts,
@@ -121,6 +123,38 @@ async def test_total_count_is_not_computed_unless_selected(client, db, acme_key)
 
     assert counting(unselected) == []
     assert len(counting(selected)) == 1
+
+
+async def test_total_count_is_read_on_the_read_pool_with_one_statement_per_shape(
+    client, db, acme_key
+):
+    await make_events(db, "acme", MIXED)
+    through_sessions: list[str] = []
+
+    def seen(_connection: object, _cursor: object, statement: str, *_rest: object) -> None:
+        through_sessions.append(statement)
+
+    windows = [{}, WINDOWS["both"], WINDOWS["since"]]
+    event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        with SQLStatements(db) as sent:
+            for window in windows:
+                for container_id in ["c1", "c2"]:
+                    variables = {"filter": "FAIL", "containerId": container_id, **window}
+                    total, ids = await walk(client, acme_key, **variables)
+                    assert total == len(ids), variables
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
+
+    # Nothing counted through SQLAlchemy's engine: every count went to a read-pool reader.
+    assert not any(
+        ROLL_UP_NAME.search(statement) or COUNT_CALL.search(statement)
+        for statement in through_sessions
+    )
+    # One count per page; each window's shape is one statement, whatever the container.
+    counts = counting(sent)
+    assert len(counts) >= 2 * len(windows)
+    assert len(set(counts)) == len(windows)
 
 
 @pytest.mark.parametrize("by", list(CountBy))

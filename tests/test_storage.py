@@ -1,6 +1,8 @@
 """Storage behaviour both REST and GraphQL rely on."""
 
 import asyncio
+import random
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,9 @@ from storage.driver import Reader
 from storage.events import Page, Window, list_events, log_events
 from storage.keys import DEFAULT_SCOPES, KeyHolder, create_key, hash_key, holder_of_key, revoke_key
 from storage.models import Event, UTCDateTime, api_keys
-from storage.orgs import get_container
+from storage.orgs import ContainerRecord, _sqlite_containers_by_ids, get_container, get_containers
 from tests.factories import count_events, make_events, make_org, new_event
+from tests.sql_statements import SQLStatements
 
 
 async def test_event_ids_grow_with_every_write(db: Database) -> None:
@@ -120,6 +123,62 @@ async def test_container_is_registered_once_and_keeps_its_latest_event_time(db: 
     async with db.reader() as reader:
         container = await get_container(reader, org_id="acme", container_id="c1")
     assert container is not None and container.last_event_at == late
+
+
+CONTAINER_ID_COUNTS = [0, 1, 3, 64, 65, 200]
+
+
+async def test_containers_by_id_are_found_alike_whatever_the_number_of_ids(db: Database) -> None:
+    """get_containers (a page's containers, through the DataLoader) answers for each id what
+    get_container answers, and what the IN statement with a power-of-two number of parameters
+    (PostgreSQL's before it sent one array) answers: duplicates once, unknown ids, another
+    org's containers and ids of a container in both orgs included."""
+    await make_org(db, "acme")
+    await make_org(db, "other")
+    known = [f"c{index:03d}" for index in range(150)]
+    await make_events(db, "acme", [(container_id, {}) for container_id in known])
+    await make_events(db, "other", [("c000", {}), ("o001", {}), ("o002", {})])
+    # c000 is a container of both orgs, o001 only the other's; ghosts of neither.
+    first = ["c000", "o001"]
+    pool = known[1:] + [f"ghost{index}" for index in range(60)] + ["o002"]
+    rng = random.Random(15)
+    asked = []
+    for size in CONTAINER_ID_COUNTS:
+        ids = first[:size] + rng.sample(pool, max(0, size - len(first)))
+        asked.append(ids + ids[: (size + 1) // 2])  # `size` distinct ids, some of them again
+
+    with SQLStatements(db) as seen:
+        async with db.reader() as reader:
+            found = [
+                await get_containers(reader, org_id="acme", container_ids=ids) for ids in asked
+            ]
+    async with db.reader() as reader:
+        for ids, answer in zip(asked, found, strict=True):
+            expected: dict[str, ContainerRecord] = {}
+            for container_id in ids:
+                row = await get_container(reader, org_id="acme", container_id=container_id)
+                if row is not None:
+                    expected[container_id] = row
+            wanted = sorted(set(ids))
+            rows = await _sqlite_containers_by_ids(reader, "acme", wanted) if wanted else []
+            assert answer == expected, len(ids)
+            assert answer == {row[1]: ContainerRecord._make(row) for row in rows}, len(ids)
+            assert all(row.org_id == "acme" for row in answer.values())
+    assert [len(answer) for answer in found][:2] == [0, 1]
+    # Some ids are unknown to acme: 200 asked, 150 known.
+    assert len(found[-1]) == len(set(known) & set(asked[-1])) < 200
+
+    statements = seen.statements
+    assert len(statements) == len(CONTAINER_ID_COUNTS) - 1  # no statement for no ids
+    if db.dialect == "postgresql":
+        # One statement, one array parameter, for every number of ids.
+        [statement] = set(statements)
+        assert "= ANY ($2::VARCHAR[])" in statement, statement
+    else:
+        # IN with a power of two of parameters (after the org's): the distinct ids rounded up.
+        placeholders = [statement.count("?") - 1 for statement in statements]
+        assert placeholders == [1, 4, 64, 128, 256], placeholders
+        assert all(re.search(r"\bIN \(", statement) for statement in statements)
 
 
 async def test_window_is_inclusive_since_and_exclusive_until(db: Database) -> None:
