@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,6 +52,18 @@ class Target:
     path: str
     graphql: str | None = None  # a POSTed GraphQL query, else a GET
     authenticated: bool = False
+    operation_name: str | None = None  # sent with the query when given (bench.graphql)
+    variables: Mapping[str, object] | None = None
+
+
+def graphql_body(target: Target) -> dict[str, object]:
+    """The JSON body POSTed for a GraphQL target."""
+    body: dict[str, object] = {"query": target.graphql}
+    if target.operation_name is not None:
+        body["operationName"] = target.operation_name
+    if target.variables is not None:
+        body["variables"] = dict(target.variables)
+    return body
 
 
 CEILING, FLOOR = "ceiling: constant JSON", "floor: raw driver + orjson"
@@ -196,7 +208,7 @@ def _wrk_script(target: Target, key: str, script: Path) -> Path:
         lines += [
             'wrk.method = "POST"',
             'wrk.headers["Content-Type"] = "application/json"',
-            f"wrk.body = {json.dumps(json.dumps({'query': target.graphql}))}",
+            f"wrk.body = {json.dumps(json.dumps(graphql_body(target)))}",
         ]
     script.write_text("\n".join(lines) + "\n")
     return script
@@ -307,6 +319,16 @@ def _worker_counts(text: str) -> list[int]:
     return counts
 
 
+def add_database_arguments(parser: argparse.ArgumentParser) -> None:
+    """--events and --database-url, which _read_database reads."""
+    parser.add_argument("--events", type=int, default=100_000, help="database size to read")
+    parser.add_argument(
+        "--database-url",
+        help="a bench.load database: SQLite (default: sqlite:///bench/data/events-N.db) or "
+        "PostgreSQL (postgresql+asyncpg://...)",
+    )
+
+
 def _read_database(
     parser: argparse.ArgumentParser, database_url: str | None, events: int
 ) -> tuple[str, Manifest, str]:
@@ -333,12 +355,7 @@ def _read_database(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.http", description=__doc__)
-    parser.add_argument("--events", type=int, default=100_000, help="database size to read")
-    parser.add_argument(
-        "--database-url",
-        help="a bench.load database: SQLite (default: sqlite:///bench/data/events-N.db) or "
-        "PostgreSQL (postgresql+asyncpg://...)",
-    )
+    add_database_arguments(parser)
     parser.add_argument("--seconds", type=int, default=5, help="measured seconds per turn")
     parser.add_argument("--rounds", type=int, default=3, help="turns per target")
     parser.add_argument("--connections", type=int, default=16)
