@@ -58,6 +58,7 @@ def create_app(
             max_aliases=settings.graphql_max_aliases,
             max_tokens=settings.graphql_max_tokens,
             introspection=settings.graphql_introspection,
+            compiled=settings.graphql_compiled,
         ),
         db=db,
         authenticator=authenticator,

@@ -62,6 +62,8 @@ class Settings:
     graphql_max_aliases: int = 30
     graphql_max_tokens: int = 2000
     graphql_introspection: bool = True
+    # Read queries answered by compiled plans (schema/compiled.py); off: graphql-core runs all.
+    graphql_compiled: bool = True
     # Only the operations stored in queries/ are executed (gateway/persisted.py).
     graphql_persisted_only: bool = False
     graphiql: bool = True
@@ -108,6 +110,7 @@ class Settings:
             "graphql_max_aliases": _env_int("GRAPHQL_MAX_ALIASES", cls.graphql_max_aliases),
             "graphql_max_tokens": _env_int("GRAPHQL_MAX_TOKENS", cls.graphql_max_tokens),
             "graphql_introspection": _env_flag("GRAPHQL_INTROSPECTION", cls.graphql_introspection),
+            "graphql_compiled": _env_flag("GRAPHQL_COMPILED", cls.graphql_compiled),
             "graphql_persisted_only": _env_flag(
                 "GRAPHQL_PERSISTED_ONLY", cls.graphql_persisted_only
             ),

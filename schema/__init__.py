@@ -25,8 +25,13 @@ from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
 from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
+from schema.compiled import Plans
 from schema.errors import is_unexpected
-from schema.execution import GatewayExecutor, convert_large_lists_beside_the_loop
+from schema.execution import (
+    COMPILED_PLANS,
+    GatewayExecutor,
+    convert_large_lists_beside_the_loop,
+)
 from schema.mutation import Mutation
 from schema.query import Query
 from schema.scalars import DateTime
@@ -119,6 +124,7 @@ def build_schema(
     max_aliases: int = 30,
     max_tokens: int = 2000,
     introspection: bool = True,
+    compiled: bool = True,
 ) -> GatewaySchema:
     """The gateway's schema; the limits guard against hostile documents."""
     # Each limiter makes new rule classes when constructed. The validation cache is keyed by
@@ -145,6 +151,8 @@ def build_schema(
         scalar_overrides={datetime: DateTime},
     )
     convert_large_lists_beside_the_loop(schema)
+    if compiled:
+        COMPILED_PLANS[schema._schema] = Plans()
     return schema
 
 

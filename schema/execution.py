@@ -16,6 +16,7 @@ from graphql import (
     GraphQLObjectType,
     GraphQLOutputType,
     GraphQLResolveInfo,
+    GraphQLSchema,
     Undefined,
     get_nullable_type,
     is_leaf_type,
@@ -34,6 +35,8 @@ from strawberry.schema.schema_converter import (
 )
 from strawberry.types.field import StrawberryField
 
+from schema import compiled
+
 
 class FieldReader(NamedTuple):
     """How to read a scalar or enum field declared without a resolver or arguments."""
@@ -51,6 +54,10 @@ class SelectionPlan(NamedTuple):
     others: GroupedFieldSet
     response_names: tuple[str, ...]  # the selection's order, which the response keeps
 
+
+# The compiled plans of each schema built with them (schema.compiled); absent: graphql-core runs
+# every operation.
+COMPILED_PLANS: WeakKeyDictionary[GraphQLSchema, compiled.Plans] = WeakKeyDictionary()
 
 # A variable holding a list longer than this is coerced in a worker thread. graphql-core's
 # coercion is pure Python: for a 10,000-event logContainerEvents it held the event loop for
@@ -163,9 +170,25 @@ class GatewayExecutor(StrawberryGraphQLCoreExecutionContext):
         return built
 
     def execute_operation(self, serially: bool | None = None) -> Any:
-        if self._deferred_variables is None:
-            return super().execute_operation(serially)
-        return self._execute_when_coerced(self._deferred_variables, serially)
+        if self._deferred_variables is not None:
+            return self._execute_when_coerced(self._deferred_variables, serially)
+        plans = COMPILED_PLANS.get(self.schema)
+        if plans is not None and not (
+            self.middleware_manager and self.middleware_manager.middlewares
+        ):
+            plan = plans.get(self.schema, self.fragments, self.operation, self.variable_values)
+            if plan is not None:
+                return self._execute_compiled(plan, serially)
+        return super().execute_operation(serially)
+
+    async def _execute_compiled(self, plan: compiled.Plan, serially: bool | None) -> Any:
+        """The plan's answer; graphql-core's where the plan declines (an error to report)."""
+        try:
+            data = await compiled.run(plan, self.context_value, self.variable_values)
+        except Exception:  # Declined, or a fault graphql-core reports with its path
+            result = super().execute_operation(serially)
+            return await result if self.is_awaitable(result) else result
+        return self.build_response(data)
 
     async def _execute_when_coerced(self, raw: dict[str, Any], serially: bool | None) -> Any:
         self._deferred_variables = None
