@@ -61,6 +61,7 @@ from storage.orgs import (
 )
 
 PLANS_KEPT = 256  # plans by document, like the parser and validation caches
+EVENTS_KEPT = 256  # events' data kept for the other subscribers of the same plan
 _TYPES = (
     "Organization",
     "Container",
@@ -150,6 +151,18 @@ class Plan:
     root: tuple[tuple[str, OrgPlan | str], ...]  # an org plan, or a constant (__typename)
 
 
+@dataclass(frozen=True, eq=False)
+class EventPlan:
+    """A subscription's selection of each event: built once per event for every subscriber
+    of the same operation (and @include/@skip outcome), through Plans.event_data."""
+
+    key: str  # the root field's response key
+    typenames: tuple[str, ...]  # response keys of __typename at the root
+    keys: tuple[str, ...]  # the root's keys in order
+    build: ListBuilder
+    wants_container: bool
+
+
 class Compiler:
     """Plans one operation against the schema, as graphql-core would collect its fields."""
 
@@ -182,6 +195,28 @@ class Compiler:
             else:
                 raise Unplanned(name)
         return Plan(tuple(root))
+
+    def event_plan(self) -> EventPlan:
+        subscription = self.schema.subscription_type
+        assert subscription is not None
+        grouped = self._checked(
+            collect_fields(
+                self.schema, self.fragments, self.variables, subscription, self.operation
+            )
+        )
+        event_key, typenames, build, wants_container = None, [], None, False
+        for key, details in grouped.items():
+            name = details[0].node.name.value
+            if name == "__typename":
+                typenames.append(key)
+            elif name == "containerEvents" and event_key is None:
+                fields, wants_container = self._event_fields(details)
+                event_key, build = key, _list_builder(self.schema, fields)
+            else:
+                raise Unplanned(name)
+        if event_key is None or build is None:
+            raise Unplanned("no event")
+        return EventPlan(event_key, tuple(typenames), tuple(grouped), build, wants_container)
 
     def _checked(self, collected: Any) -> GroupedFieldSet:
         grouped, new_defer_usages = collected[0], collected[1]
@@ -660,6 +695,21 @@ async def _events(
     return values
 
 
+async def event_data(plan: EventPlan, context: Any, row: EventRecord) -> dict[str, Any]:
+    """One event's data for a subscription; Declined where graphql-core must answer."""
+    containers: dict[str, ContainerRecord] = {}
+    if plan.wants_container:
+        async with context.db.reader() as reader:
+            found = await get_container(
+                reader, org_id=row["org_id"], container_id=row["container_id"]
+            )
+        if found is None:
+            raise Declined
+        containers[found.id] = found
+    event = _built(plan.build, [row], containers)[0]
+    return {key: event if key == plan.key else "Subscription" for key in plan.keys}
+
+
 def _built(
     build: ListBuilder, rows: Sequence[EventRecord], containers: dict[str, ContainerRecord]
 ) -> list[dict[str, Any]]:
@@ -689,8 +739,11 @@ class Plans:
 
     def __init__(self, kept: int = PLANS_KEPT) -> None:
         self.kept = kept
-        self._plans: OrderedDict[tuple[Any, ...], tuple[OperationDefinitionNode, Plan | None]]
+        self._plans: OrderedDict[tuple[Any, ...], tuple[OperationDefinitionNode, Any]]
         self._plans = OrderedDict()
+        # Events' data by plan and event id: each is built for its first subscriber only.
+        self._events: OrderedDict[tuple[int, int], tuple[EventPlan, EventRecord, dict[str, Any]]]
+        self._events = OrderedDict()
         self._names: dict[int, tuple[OperationDefinitionNode, tuple[str, ...]]] = {}
 
     def get(
@@ -702,6 +755,46 @@ class Plans:
     ) -> Plan | None:
         if operation.operation is not OperationType.QUERY:
             return None
+        plan = self._planned(schema, fragments, operation, variables, Compiler.plan)
+        assert plan is None or isinstance(plan, Plan)
+        return plan
+
+    def get_event_plan(
+        self,
+        schema: GraphQLSchema,
+        fragments: dict[str, FragmentDetails],
+        operation: OperationDefinitionNode,
+        variables: VariableValues,
+    ) -> EventPlan | None:
+        """The plan of a subscription's events, or None (graphql-core executes them)."""
+        if operation.operation is not OperationType.SUBSCRIPTION:
+            return None
+        plan = self._planned(schema, fragments, operation, variables, Compiler.event_plan)
+        assert plan is None or isinstance(plan, EventPlan)
+        return plan
+
+    async def event_data(self, plan: EventPlan, context: Any, row: EventRecord) -> dict[str, Any]:
+        """The event's data under the plan, built once for all the subscribers who share
+        the plan (the same operation and directive outcome) and kept for the next ones."""
+        key = (id(plan), row["id"])
+        cached = self._events.get(key)
+        # The same row (a schema serving another database may see the same id again).
+        if cached is not None and cached[0] is plan and (cached[1] is row or cached[1] == row):
+            return cached[2]
+        data = await event_data(plan, context, row)
+        self._events[key] = (plan, row, data)
+        while len(self._events) > EVENTS_KEPT:
+            self._events.popitem(last=False)
+        return data
+
+    def _planned(
+        self,
+        schema: GraphQLSchema,
+        fragments: dict[str, FragmentDetails],
+        operation: OperationDefinitionNode,
+        variables: VariableValues,
+        compile_: Callable[[Compiler], Any],
+    ) -> Any:
         names = self._directive_variables(operation, fragments)
         key = (id(operation), tuple(variables.coerced.get(name) for name in names))
         cached = self._plans.get(key)
@@ -709,7 +802,7 @@ class Plans:
             self._plans.move_to_end(key)
             return cached[1]
         try:
-            plan: Plan | None = Compiler(schema, fragments, operation, variables).plan()
+            plan = compile_(Compiler(schema, fragments, operation, variables))
         except Unplanned:
             plan = None
         self._plans[key] = (operation, plan)

@@ -176,10 +176,28 @@ class GatewayExecutor(StrawberryGraphQLCoreExecutionContext):
         if plans is not None and not (
             self.middleware_manager and self.middleware_manager.middlewares
         ):
+            if self.operation.operation is OperationType.SUBSCRIPTION:  # one event
+                row = getattr(self.root_value, "row", None)
+                event_plan = plans.get_event_plan(
+                    self.schema, self.fragments, self.operation, self.variable_values
+                )
+                if event_plan is not None and row is not None:
+                    return self._execute_event(plans, event_plan, row, serially)
+                return super().execute_operation(serially)
             plan = plans.get(self.schema, self.fragments, self.operation, self.variable_values)
             if plan is not None:
                 return self._execute_compiled(plan, serially)
         return super().execute_operation(serially)
+
+    async def _execute_event(
+        self, plans: compiled.Plans, plan: compiled.EventPlan, row: Any, serially: bool | None
+    ) -> Any:
+        try:
+            data = await plans.event_data(plan, self.context_value, row)
+        except Exception:  # Declined, or a fault graphql-core reports with its path
+            result = super().execute_operation(serially)
+            return await result if self.is_awaitable(result) else result
+        return self.build_response(data)
 
     async def _execute_compiled(self, plan: compiled.Plan, serially: bool | None) -> Any:
         """The plan's answer; graphql-core's where the plan declines (an error to report)."""

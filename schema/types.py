@@ -91,6 +91,8 @@ class Event:
         "events written without one, such as by the command line."
     )
     org_id: strawberry.Private[str]
+    # The row it was made from, for compiled plans of subscriptions (schema/compiled.py).
+    row: strawberry.Private[EventRecord | None] = None
 
     @classmethod
     def from_row(cls, row: EventRecord) -> "Event":
@@ -105,6 +107,7 @@ class Event:
             details=cast(JSON, row["details"]),
             key_id=None if row["key_id"] is None else strawberry.ID(row["key_id"]),
             org_id=row["org_id"],
+            row=row,
         )
 
     @strawberry.field(

@@ -1,6 +1,7 @@
 """Compiled plans (schema.compiled) answer exactly as graphql-core does: the same JSON, byte
 for byte, errors included, for the shipped queries, hand-written shapes and generated ones."""
 
+from contextlib import aclosing
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import strategies as gql_st
 
+import schema.compiled as compiled_module
 from schema import build_schema
 from schema.context import Context
 from schema.execution import GatewayExecutor
+from schema.subscription import LiveContext
+from storage.broker import Broker
 from storage.cursors import encode_event_cursor
 from storage.keys import Scope
 from tests.factories import make_events
@@ -312,3 +316,51 @@ SDL = COMPILED.as_str()
 async def test_generated_queries_answer_as_graphql_core_does(seeded_db, document):
     compiled, reference = await both(seeded_db, document)
     assert compiled == reference, document
+
+
+SUBSCRIPTIONS = {
+    "shipped": (shipped("LiveContainerEvents"), {}),
+    "failed of c1": (shipped("LiveContainerEvents"), {"filter": "FAIL", "containerId": "c1"}),
+    "shape": (
+        'subscription S($show: Boolean!) { live: containerEvents(orgId: "acme",'
+        ' after: "ZTA") { __typename ...F ts: timestamp container @include(if: $show)'
+        " { __typename id createdAt lastEventAt } } } fragment F on Event { id cursor keyId }",
+        {"show": True},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SUBSCRIPTIONS)
+async def test_subscription_events_answer_as_graphql_core_does(seeded_db, monkeypatch, name):
+    query, extra = SUBSCRIPTIONS[name]
+    variables = {"orgId": "acme", "after": encode_event_cursor(0), **extra}
+    built = []
+    original = compiled_module.event_data
+
+    async def counting(*args: Any) -> Any:
+        built.append(1)
+        return await original(*args)
+
+    monkeypatch.setattr(compiled_module, "event_data", counting)
+    streams = []
+    for schema in (COMPILED, REFERENCE, COMPILED):  # the second compiled run shares the first's
+        context = LiveContext(db=seeded_db, org_id="acme", broker=Broker(poll_seconds=60))
+        results = await schema.subscribe(query, variable_values=variables, context_value=context)
+        received = []
+        async with aclosing(results):
+            async for result in results:
+                received.append(answer(result))
+                if len(received) == EXPECTED[name]:
+                    break
+        streams.append(received)
+    assert streams[0] == streams[1]
+    assert streams[2] == streams[1]
+    assert len(built) == EXPECTED[name]  # built once, for the first compiled stream only
+
+
+# seed()'s acme events: 30, of which those of c1 (number % 4 == 1) that failed (number % 3 == 0).
+EXPECTED = {
+    "shipped": 30,
+    "failed of c1": sum(1 for number in range(30) if number % 4 == 1 and number % 3 == 0),
+    "shape": 30,
+}
