@@ -157,8 +157,6 @@ class EventPlan:
     of the same operation (and @include/@skip outcome), through Plans.event_data."""
 
     key: str  # the root field's response key
-    typenames: tuple[str, ...]  # response keys of __typename at the root
-    keys: tuple[str, ...]  # the root's keys in order
     build: ListBuilder
     wants_container: bool
 
@@ -204,19 +202,17 @@ class Compiler:
                 self.schema, self.fragments, self.variables, subscription, self.operation
             )
         )
-        event_key, typenames, build, wants_container = None, [], None, False
+        event_key, build, wants_container = None, None, False
         for key, details in grouped.items():
             name = details[0].node.name.value
-            if name == "__typename":
-                typenames.append(key)
-            elif name == "containerEvents" and event_key is None:
+            if name == "containerEvents" and event_key is None:
                 fields, wants_container = self._event_fields(details)
                 event_key, build = key, _list_builder(self.schema, fields)
             else:
                 raise Unplanned(name)
         if event_key is None or build is None:
             raise Unplanned("no event")
-        return EventPlan(event_key, tuple(typenames), tuple(grouped), build, wants_container)
+        return EventPlan(event_key, build, wants_container)
 
     def _checked(self, collected: Any) -> GroupedFieldSet:
         grouped, new_defer_usages = collected[0], collected[1]
@@ -707,7 +703,7 @@ async def event_data(plan: EventPlan, context: Any, row: EventRecord) -> dict[st
             raise Declined
         containers[found.id] = found
     event = _built(plan.build, [row], containers)[0]
-    return {key: event if key == plan.key else "Subscription" for key in plan.keys}
+    return {plan.key: event}
 
 
 def _built(
@@ -733,6 +729,13 @@ def _arguments(
 # The cache of plans.
 
 
+# What each operation type compiles to; other operations (mutations) graphql-core executes.
+_COMPILES: dict[OperationType, Callable[[Compiler], "Plan | EventPlan"]] = {
+    OperationType.QUERY: Compiler.plan,
+    OperationType.SUBSCRIPTION: Compiler.event_plan,
+}
+
+
 class Plans:
     """Plans by operation (the parser cache hands out the same document for the same text)
     and the outcome of its @include/@skip variables; None for one left to graphql-core."""
@@ -752,25 +755,24 @@ class Plans:
         fragments: dict[str, FragmentDetails],
         operation: OperationDefinitionNode,
         variables: VariableValues,
-    ) -> Plan | None:
-        if operation.operation is not OperationType.QUERY:
+    ) -> "Plan | EventPlan | None":
+        """A query's Plan, a subscription's EventPlan, or None (graphql-core executes it)."""
+        compile_ = _COMPILES.get(operation.operation)
+        if compile_ is None:
             return None
-        plan = self._planned(schema, fragments, operation, variables, Compiler.plan)
-        assert plan is None or isinstance(plan, Plan)
-        return plan
-
-    def get_event_plan(
-        self,
-        schema: GraphQLSchema,
-        fragments: dict[str, FragmentDetails],
-        operation: OperationDefinitionNode,
-        variables: VariableValues,
-    ) -> EventPlan | None:
-        """The plan of a subscription's events, or None (graphql-core executes them)."""
-        if operation.operation is not OperationType.SUBSCRIPTION:
-            return None
-        plan = self._planned(schema, fragments, operation, variables, Compiler.event_plan)
-        assert plan is None or isinstance(plan, EventPlan)
+        names = self._directive_variables(operation, fragments)
+        key = (id(operation), tuple(variables.coerced.get(name) for name in names))
+        cached = self._plans.get(key)
+        if cached is not None and cached[0] is operation:
+            self._plans.move_to_end(key)
+            return cached[1]
+        try:
+            plan = compile_(Compiler(schema, fragments, operation, variables))
+        except Unplanned:
+            plan = None
+        self._plans[key] = (operation, plan)
+        while len(self._plans) > self.kept:
+            self._plans.popitem(last=False)
         return plan
 
     async def event_data(self, plan: EventPlan, context: Any, row: EventRecord) -> dict[str, Any]:
@@ -786,29 +788,6 @@ class Plans:
         while len(self._events) > EVENTS_KEPT:
             self._events.popitem(last=False)
         return data
-
-    def _planned(
-        self,
-        schema: GraphQLSchema,
-        fragments: dict[str, FragmentDetails],
-        operation: OperationDefinitionNode,
-        variables: VariableValues,
-        compile_: Callable[[Compiler], Any],
-    ) -> Any:
-        names = self._directive_variables(operation, fragments)
-        key = (id(operation), tuple(variables.coerced.get(name) for name in names))
-        cached = self._plans.get(key)
-        if cached is not None and cached[0] is operation:
-            self._plans.move_to_end(key)
-            return cached[1]
-        try:
-            plan = compile_(Compiler(schema, fragments, operation, variables))
-        except Unplanned:
-            plan = None
-        self._plans[key] = (operation, plan)
-        while len(self._plans) > self.kept:
-            self._plans.popitem(last=False)
-        return plan
 
     def _directive_variables(
         self, operation: OperationDefinitionNode, fragments: dict[str, FragmentDetails]

@@ -176,17 +176,12 @@ class GatewayExecutor(StrawberryGraphQLCoreExecutionContext):
         if plans is not None and not (
             self.middleware_manager and self.middleware_manager.middlewares
         ):
-            if self.operation.operation is OperationType.SUBSCRIPTION:  # one event
-                row = getattr(self.root_value, "row", None)
-                event_plan = plans.get_event_plan(
-                    self.schema, self.fragments, self.operation, self.variable_values
-                )
-                if event_plan is not None and row is not None:
-                    return self._execute_event(plans, event_plan, row, serially)
-                return super().execute_operation(serially)
             plan = plans.get(self.schema, self.fragments, self.operation, self.variable_values)
-            if plan is not None:
+            if isinstance(plan, compiled.Plan):
                 return self._execute_compiled(plan, serially)
+            row = getattr(self.root_value, "row", None)  # a subscription's event
+            if isinstance(plan, compiled.EventPlan) and row is not None:
+                return self._execute_event(plans, plan, row, serially)
         return super().execute_operation(serially)
 
     async def _execute_event(
