@@ -29,6 +29,7 @@ from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLRequestData
 from strawberry.http.exceptions import WebSocketDisconnected
+from strawberry.http.parse_content_type import parse_content_type
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
@@ -51,6 +52,7 @@ from gateway.auth import (
 )
 from gateway.persisted import PersistedOperationError, PersistedOperations
 from gateway.responses import JSONResponse, dumps
+from schema import GatewaySchema
 from schema.context import Context
 from schema.subscription import LiveContext
 from storage.broker import Broker
@@ -61,6 +63,8 @@ from storage.keys import KeyHolder
 logger = logging.getLogger(__name__)
 
 KEY_PARAMS = ("authorization", "x-api-key")
+# A POST body that GraphQLApp._answer_planned may answer: nothing else in it.
+_PLAIN_BODY = frozenset({"query", "operationName", "variables"})
 # Strawberry's own refusals; 404 is the GraphiQL page when it is turned off.
 HTTP_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 
@@ -252,12 +256,45 @@ class GraphQLApp(GraphQL[Context, None]):
             except Unauthenticated as error:
                 return graphql_error(401, str(error), "UNAUTHENTICATED", CHALLENGE)
         try:
-            return await self.run(request)
+            planned = await self._answer_planned(request)
+            return planned if planned is not None else await self.run(request)
         except GraphQLRequestError as error:
             return graphql_error(error.status_code, error.reason, error.code)
         except StrawberryHTTPException as error:
             code = HTTP_ERROR_CODES.get(error.status_code, "BAD_REQUEST")
             return graphql_error(error.status_code, error.reason, code)
+
+    async def _answer_planned(self, request: Request) -> Response | None:
+        """A POSTed query the schema answers from its compiled plan (answer_planned), as
+        Strawberry's view would answer it; None leaves the request to the view. Only a plain
+        JSON body of `query`, `operationName` and `variables` goes this way: anything else
+        (persisted operations, extensions, streaming, GET) takes the view's own path."""
+        if request.method != "POST" or self.persisted is not None:
+            return None
+        content_type, _ = parse_content_type(request.headers.get("content-type", ""))
+        if "application/json" not in content_type:
+            return None
+        if self._get_stream_transport_from_headers(request.headers) is not None:
+            return None
+        schema = cast(GatewaySchema, self.schema)
+        try:
+            data = load_json(await request.body())
+        except (ValueError, RecursionError):
+            return None
+        if type(data) is not dict or not data.keys() <= _PLAIN_BODY:
+            return None
+        query, name, variables = data.get("query"), data.get("operationName"), data.get("variables")
+        if (
+            type(query) is not str
+            or not (name is None or type(name) is str)
+            or not (variables is None or type(variables) is dict)
+        ):
+            return None
+        context = await self.get_context(request, None)
+        answered = await schema.answer_planned(query, name, variables, context)
+        if answered is None:
+            return None
+        return Response(self.encode_json({"data": answered}), media_type="application/json")
 
     async def render_graphql_ide(self, request: Request) -> Response:
         if self.graphiql_page is None:

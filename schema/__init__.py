@@ -62,7 +62,33 @@ class GatewaySchema(strawberry.Schema):
         )
         if result.errors:
             result.errors = [self._coded(error) for error in result.errors]
+        answered = getattr(context_value, "compiled_operation", None)
+        plans = COMPILED_PLANS.get(self._schema)
+        if (
+            answered is not None
+            and plans is not None
+            and query is not None
+            and operation_extensions is None
+            and not result.errors
+            and not result.extensions
+        ):
+            plans.remember(query, operation_name, answered)
         return result
+
+    async def answer_planned(
+        self,
+        query: str,
+        operation_name: str | None,
+        variables: dict[str, Any] | None,
+        context: Any,
+    ) -> dict[str, Any] | None:
+        """The data of a query whose text a compiled plan answered before, straight from the
+        plan (no extension, parser, validation or executor call); None when `execute` must
+        answer. In process, it skips ~0.4 ms of the 1 ms a 100-event page costs (issue 15)."""
+        plans = COMPILED_PLANS.get(self._schema)
+        if plans is None:
+            return None
+        return await plans.answer(self._schema, query, operation_name, variables, context)
 
     def _coded(self, error: GraphQLError) -> GraphQLError:
         """An error without a code escaped parsing or validation, outside ErrorCodes: a server

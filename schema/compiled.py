@@ -41,7 +41,7 @@ from graphql.execution.collect_fields import (
     collect_fields,
     collect_subfields,
 )
-from graphql.execution.values import VariableValues, get_argument_values
+from graphql.execution.values import VariableValues, get_argument_values, get_variable_values
 from graphql.language import OperationType, Visitor
 
 from schema.counts import EventQuery, resolve_event_counts, resolve_total_count
@@ -56,7 +56,6 @@ from storage.orgs import (
     ContainerRecord,
     get_container,
     get_containers,
-    get_org,
     list_containers,
 )
 
@@ -106,6 +105,11 @@ class EventsPlan:
     wants_containers: bool
     keys: tuple[str, ...]  # the connection's response keys in order
     kinds: tuple[str, ...]  # each key's kind: edges, nodes, pageInfo, totalCount, __typename
+
+    @property
+    def wants_page(self) -> bool:
+        """Whether anything selected reads the page's rows (`totalCount` alone does not)."""
+        return not {"edges", "nodes", "pageInfo"}.isdisjoint(self.kinds)
 
 
 @dataclass(frozen=True)
@@ -360,10 +364,12 @@ class Compiler:
                         container.append((sub_key, repr("Container")))
                     elif leaf_name in _CONTAINER_EXPRESSIONS:
                         container.append((sub_key, _CONTAINER_EXPRESSIONS[leaf_name]))
+                        # The event's own column is the container's id: the events table's
+                        # foreign key guarantees the row, so only its other fields need it.
+                        wants_containers |= leaf_name != "id"
                     else:
                         raise Unplanned(f"Container.{leaf_name}")
                 fields.append((key, _dict_expression(tuple(container))))
-                wants_containers = True
             else:
                 raise Unplanned(f"Event.{name}")
         return tuple(fields), wants_containers
@@ -402,7 +408,7 @@ _EVENT_EXPRESSIONS = {
     "cursor": "cursors[i]",
 }
 _CONTAINER_EXPRESSIONS = {
-    "id": "c[r['container_id']].id",
+    "id": "r['container_id']",
     "createdAt": "ISO(c[r['container_id']].created_at)",
     "lastEventAt": "ISO(c[r['container_id']].last_event_at)",
 }
@@ -537,8 +543,7 @@ async def _org(plan: OrgPlan, context: Any, variables: VariableValues) -> dict[s
     org_id = _arguments(plan.field_def, plan.details, variables)["id"]
     if org_id != context.org_id or not allows(context.scopes, Scope.READ):
         raise Declined
-    async with context.db.reader() as reader:
-        org = await get_org(reader, org_id=org_id)
+    org = await context.db.org(org_id)
     if org is None:
         raise Declined
     return await _object(plan.steps, org, org_id, None, context, variables)
@@ -653,21 +658,24 @@ async def _events(
     if container_id is not None and not domain.is_valid_id(container_id):
         raise Declined
     event_filter = arguments.get("filter")
-    async with context.db.reader() as reader:
-        found = await list_events(
-            reader,
-            org_id=org_id,
-            event_filter=event_filter,
-            container_id=container_id,
-            window=window,
-            page=page,
-        )
-        rows = found.rows
-        containers: dict[str, ContainerRecord] = {}
-        if plan.wants_containers and rows:
-            containers = await get_containers(
-                reader, org_id=org_id, container_ids=[row["container_id"] for row in rows]
+    rows: Sequence[EventRecord] = ()
+    next_cursor = None
+    containers: dict[str, ContainerRecord] = {}
+    if plan.wants_page:
+        async with context.db.reader() as reader:
+            found = await list_events(
+                reader,
+                org_id=org_id,
+                event_filter=event_filter,
+                container_id=container_id,
+                window=window,
+                page=page,
             )
+            rows, next_cursor = found.rows, found.next_cursor
+            if plan.wants_containers and rows:
+                containers = await get_containers(
+                    reader, org_id=org_id, container_ids=[row["container_id"] for row in rows]
+                )
     total = None
     if plan.wants_total:
         query = EventQuery(org_id, event_filter, container_id, window)
@@ -683,7 +691,7 @@ async def _events(
             values[key] = _built(plan.nodes, rows, containers)
         elif kind == "pageInfo":
             assert plan.page_info is not None
-            values[key] = _build(plan.page_info, (rows, found.next_cursor, after))
+            values[key] = _build(plan.page_info, (rows, next_cursor, after))
         elif kind == "totalCount":
             values[key] = total
         else:
@@ -748,6 +756,56 @@ class Plans:
         self._events: OrderedDict[tuple[int, int], tuple[EventPlan, EventRecord, dict[str, Any]]]
         self._events = OrderedDict()
         self._names: dict[int, tuple[OperationDefinitionNode, tuple[str, ...]]] = {}
+        # Query texts a plan has answered, by (text, operation name): see `answer`.
+        self._texts: OrderedDict[
+            tuple[str, str | None], tuple[OperationDefinitionNode, dict[str, FragmentDetails]]
+        ] = OrderedDict()
+
+    def remember(
+        self,
+        query: str,
+        operation_name: str | None,
+        answered: "tuple[OperationDefinitionNode, dict[str, FragmentDetails]]",
+    ) -> None:
+        """A query text that graphql-core's pipeline parsed and validated without an error,
+        and whose operation a plan then answered: `answer` may take it from here on."""
+        key = (query, operation_name)
+        self._texts[key] = answered
+        self._texts.move_to_end(key)
+        while len(self._texts) > self.kept:
+            self._texts.popitem(last=False)
+
+    async def answer(
+        self,
+        schema: GraphQLSchema,
+        query: str,
+        operation_name: str | None,
+        raw_variables: dict[str, Any] | None,
+        context: Any,
+    ) -> dict[str, Any] | None:
+        """The data of a remembered query, or None for the whole ordinary path to answer.
+
+        Parsing and validation depend only on the text, the operation name and the schema's
+        fixed rules, so a text that passed them once passes them again; what is left per
+        request is what graphql-core does next (coercing the variables) and the plan. Any
+        error on the way (bad variables, a plan that declines) is left to the ordinary path,
+        which reports it as it always does."""
+        found = self._texts.get((query, operation_name))
+        if found is None:
+            return None
+        operation, fragments = found
+        variables = get_variable_values(
+            schema, operation.variable_definitions or (), raw_variables or {}, max_errors=50
+        )
+        if isinstance(variables, list):
+            return None
+        plan = self.get(schema, fragments, operation, variables)
+        if not isinstance(plan, Plan):
+            return None
+        try:
+            return await run(plan, context, variables)
+        except Exception:  # Declined, or a fault graphql-core reports with its path
+            return None
 
     def get(
         self,

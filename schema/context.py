@@ -1,6 +1,7 @@
 """What every resolver gets: the database, the caller's org and per-request dataloaders."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from strawberry.dataloader import DataLoader
 
@@ -31,6 +32,9 @@ class Context:
     containers: DataLoader[tuple[str, str], ContainerRecord | None] = field(init=False)
     key_id: str | None = field(default=None, kw_only=True)  # recorded on the events it writes
     scopes: frozenset[Scope] = field(default=DEFAULT_SCOPES, kw_only=True)
+    # Set by the executor when a compiled plan answered the operation (schema.compiled): the
+    # operation and its fragments, for GatewaySchema.execute to remember its text by.
+    compiled_operation: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.containers = _container_loader(self.db)

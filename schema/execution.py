@@ -201,6 +201,8 @@ class GatewayExecutor(StrawberryGraphQLCoreExecutionContext):
         except Exception:  # Declined, or a fault graphql-core reports with its path
             result = super().execute_operation(serially)
             return await result if self.is_awaitable(result) else result
+        if hasattr(self.context_value, "compiled_operation"):
+            self.context_value.compiled_operation = (self.operation, self.fragments)
         return self.build_response(data)
 
     async def _execute_when_coerced(self, raw: dict[str, Any], serially: bool | None) -> Any:

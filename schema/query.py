@@ -7,7 +7,6 @@ from schema.context import Context
 from schema.errors import NotFound
 from schema.types import Organization
 from storage.keys import Scope
-from storage.orgs import get_org
 
 
 @strawberry.type
@@ -16,8 +15,7 @@ class Query:
     async def org(self, info: Info[Context, None], id: strawberry.ID) -> Organization | None:
         row = None
         if id == info.context.org_id:
-            async with info.context.db.reader() as reader:
-                row = await get_org(reader, org_id=id)
+            row = await info.context.db.org(id)
         if row is None:
             raise NotFound(f"Organization {id!r} not found.")
         info.context.require(Scope.READ)

@@ -18,10 +18,12 @@ from sqlmodel import SQLModel
 
 from storage import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from storage.driver import PostgresReaderPool, Reader, SQLiteReaderPool
+from storage.orgs import OrgRecord, get_org
 from storage.writer import EventWriter
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./events.db"
 SQLITE_BUSY_TIMEOUT_MS = 5000
+ORGS_KEPT = 4096  # organizations' records kept by Database.org
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 
@@ -98,6 +100,7 @@ class Database:
         self._readers: SQLiteReaderPool | PostgresReaderPool | None = None
         self._read_pool_size = read_pool_size
         self._readers_opening = asyncio.Lock()
+        self._orgs: dict[str, OrgRecord] = {}
         self.writer = EventWriter(self.session, group_commit=group_commit)
 
     @property
@@ -115,6 +118,21 @@ class Database:
         pool = self._readers or await self._open_readers()
         async with pool.reader() as reader:
             yield reader
+
+    async def org(self, org_id: str) -> OrgRecord | None:
+        """The organization's record, read once: nothing renames or removes an organization
+        (no statement updates or deletes its table), so a record once found stays true. Only
+        found ones are kept, so an org created after a miss is found at once. A read of the
+        org costs a page request about a fifth of its time on SQLite (issue 15)."""
+        found = self._orgs.get(org_id)
+        if found is None:
+            async with self.reader() as reader:
+                found = await get_org(reader, org_id=org_id)
+            if found is not None:
+                if len(self._orgs) >= ORGS_KEPT:
+                    del self._orgs[next(iter(self._orgs))]
+                self._orgs[org_id] = found
+        return found
 
     async def _open_readers(self) -> SQLiteReaderPool | PostgresReaderPool:
         async with self._readers_opening:

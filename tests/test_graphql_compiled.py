@@ -315,7 +315,34 @@ SDL = COMPILED.as_str()
 @given(document=gql_st.queries(SDL, custom_scalars=SCALARS))
 async def test_generated_queries_answer_as_graphql_core_does(seeded_db, document):
     compiled, reference = await both(seeded_db, document)
-    assert compiled == reference, document
+    assert compiled == reference or same_but_for_abandoned_siblings(compiled, reference), document
+
+
+def _nulled(data: Any, path: list[Any]) -> bool:
+    """Whether a field on `path`, or one above it, is null in `data`."""
+    for part in path:
+        if data is None:
+            return True
+        data = data[part] if isinstance(data, list) or part in data else None
+    return data is None
+
+
+def same_but_for_abandoned_siblings(first: bytes, second: bytes) -> bool:
+    """The same data, and errors that differ only by some the other lacks under a field an
+    error made null: graphql-core stops awaiting the other fields of an object once an error
+    nulls it, so whether a slower sibling's own error is reported depends on timing, in
+    either path (both fall back to graphql-core for any error)."""
+    one, other = orjson.loads(first), orjson.loads(second)
+    if one["data"] != other["data"]:
+        return False
+    errors = [[orjson.dumps(error) for error in body.get("errors", [])] for body in (one, other)]
+    fewer, more = sorted(errors, key=len)
+    extra = [orjson.loads(error) for error in more if error not in fewer]
+    return (
+        bool(fewer)
+        and set(fewer) <= set(more)
+        and all(_nulled(one["data"], error["path"][:-1]) for error in extra)
+    )
 
 
 SUBSCRIPTIONS = {
