@@ -30,10 +30,10 @@ async def org_event_counts(request: Request) -> JSONResponse:
     container_id = values.get("container_id")
     if container_id is not None:
         checked_id("container_id", container_id)
-    async with db.session() as session:
+    async with db.reader() as reader:
         try:
             counts = await event_counts(
-                session,
+                reader,
                 org_id=org_id,
                 window=window,
                 by=by,

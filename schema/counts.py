@@ -62,10 +62,10 @@ async def resolve_event_counts(
     """The buckets of Organization.eventCounts; the window is already checked."""
     if query.container_id is not None and not domain.is_valid_id(query.container_id):
         raise BadUserInput("containerId is not a valid container id", field="containerId")
-    async with info.context.db.session() as session:
+    async with info.context.db.reader() as reader:
         try:
             counts = await event_counts(
-                session,
+                reader,
                 org_id=query.org_id,
                 window=query.window,
                 by=by,
