@@ -11,6 +11,7 @@ and logged at debug level.
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
@@ -63,6 +64,7 @@ from storage.keys import KeyHolder
 logger = logging.getLogger(__name__)
 
 KEY_PARAMS = ("authorization", "x-api-key")
+SHARED_RESULTS_KEPT = 256  # results' JSON kept for the other subscribers they go to
 # A POST body that GraphQLApp._answer_planned may answer: nothing else in it.
 _PLAIN_BODY = frozenset({"query", "operationName", "variables"})
 # Strawberry's own refusals; 404 is the GraphiQL page when it is turned off.
@@ -110,12 +112,40 @@ async def close_socket(websocket: WebSocket, code: int, reason: str) -> None:
         await websocket.close(code=code, reason=reason)
 
 
+class SharedResults:
+    """The JSON text of `next` messages, each result's data encoded once for every subscriber
+    it is sent to: compiled plans hand all the subscribers of one operation the very same data
+    object for an event (schema.compiled.Plans.event_data), so only the message's `id` differs.
+    The text is exactly what `dumps` writes of the whole message."""
+
+    def __init__(self, kept: int = SHARED_RESULTS_KEPT) -> None:
+        self.kept = kept
+        # By the data's id, with the data itself so that the id stays its own.
+        self._encoded: OrderedDict[int, tuple[object, bytes]] = OrderedDict()
+
+    def text(self, message: Mapping[str, object]) -> str:
+        payload = message.get("payload")
+        if message.get("type") != "next" or type(payload) is not dict or payload.keys() != {"data"}:
+            return dumps(message).decode()
+        if list(message) != ["id", "type", "payload"]:
+            return dumps(message).decode()
+        data = payload["data"]
+        found = self._encoded.get(id(data))
+        if found is None or found[0] is not data:
+            found = (data, dumps(data))
+            self._encoded[id(data)] = found
+            while len(self._encoded) > self.kept:
+                self._encoded.popitem(last=False)
+        head = b'{"id":' + dumps(message["id"]) + b',"type":"next","payload":{"data":'
+        return (head + found[1] + b"}}").decode()
+
+
 class _SocketAdapter(ASGIWebSocketAdapter):
     async def send_json(self, message: Mapping[str, object]) -> None:
         # Strawberry sends what encode_json returns as bytes in binary frames; clients of
         # graphql-transport-ws (gql, graphql-ws in browsers) accept only text frames.
         try:
-            await self.ws.send_text(dumps(message).decode())
+            await self.ws.send_text(cast("GraphQLApp", self.view).shared_results.text(message))
         except _GONE as error:
             raise WebSocketDisconnected from error
 
@@ -240,6 +270,7 @@ class GraphQLApp(GraphQL[Context, None]):
         # Closes sockets whose key is revoked, while the app's lifespan runs its passes.
         self.key_watch = key_watch
         self.broker = broker
+        self.shared_results = SharedResults()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
