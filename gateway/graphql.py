@@ -125,9 +125,12 @@ class SharedResults:
 
     def text(self, message: Mapping[str, object]) -> str:
         payload = message.get("payload")
-        if message.get("type") != "next" or type(payload) is not dict or payload.keys() != {"data"}:
-            return dumps(message).decode()
-        if list(message) != ["id", "type", "payload"]:
+        if (
+            list(message) != ["id", "type", "payload"]
+            or message["type"] != "next"
+            or type(payload) is not dict
+            or payload.keys() != {"data"}
+        ):
             return dumps(message).decode()
         data = payload["data"]
         found = self._encoded.get(id(data))

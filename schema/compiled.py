@@ -109,7 +109,7 @@ class EventsPlan:
     @property
     def wants_page(self) -> bool:
         """Whether anything selected reads the page's rows (`totalCount` alone does not)."""
-        return not {"edges", "nodes", "pageInfo"}.isdisjoint(self.kinds)
+        return self.edges is not None or self.nodes is not None or self.page_info is not None
 
 
 @dataclass(frozen=True)
