@@ -27,7 +27,7 @@ import schema.types
 from schema import build_schema
 from schema.context import Context
 from schema.execution import GatewayExecutor
-from storage.events import EventPage
+from storage.events import EVENT_COLUMNS, EventPage, EventRows
 from storage.orgs import ContainerRecord, OrgRecord
 
 SHAPES = {
@@ -79,11 +79,17 @@ def in_memory(events: int) -> Iterator[None]:
         for number in range(events)
     ]
     page = EventPage(rows=rows, next_cursor="ZTk5MDA")
+    # The same rows as asyncpg returns them, for the plans (storage.events.list_event_rows).
+    raw = [tuple(row[column] for column in EVENT_COLUMNS) for row in rows]
+    raw_page = EventRows(rows=raw, next_cursor="ZTk5MDA", dialect="postgresql")
     containers = {f"c{n}": ContainerRecord("acme", f"c{n}", START, START) for n in range(10)}
     org = OrgRecord("acme", "Acme", START)
 
     async def list_events(*_args: Any, **_kwargs: Any) -> EventPage:
         return page
+
+    async def list_event_rows(*_args: Any, **_kwargs: Any) -> EventRows:
+        return raw_page
 
     async def get_containers(*_args: Any, container_ids: Sequence[str], **_kwargs: Any) -> Any:
         return {key: containers[key] for key in set(container_ids)}
@@ -92,7 +98,7 @@ def in_memory(events: int) -> Iterator[None]:
         return org
 
     patches = [
-        (schema.compiled, "list_events", list_events),
+        (schema.compiled, "list_event_rows", list_event_rows),
         (schema.types, "list_events", list_events),
         (schema.compiled, "get_containers", get_containers),
         (schema.context, "get_containers", get_containers),

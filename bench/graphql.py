@@ -1,7 +1,7 @@
 """GraphQL as frontends send it, each run paired with a run of the REST page just before it.
 
     python -m bench.graphql [--events 100000] [--database-url URL] [--connections 1,16]
-                            [--seconds 5] [--rounds 3]
+                            [--seconds 5] [--rounds 3] [--only TEXT]
 
 The gateway runs under uvicorn (one worker, 127.0.0.1) on a bench.load database (SQLite or
 PostgreSQL, read as bench.http reads it), and wrk (Debian package `wrk`) POSTs one GraphQL
@@ -202,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, default=5, help="measured seconds per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs per target and concurrency")
     parser.add_argument("--connections", default="1,16", help="comma-separated wrk concurrencies")
+    parser.add_argument(
+        "--only", default="", help="run only the targets whose name contains this text"
+    )
     args = parser.parse_args(argv)
     connections = _connection_counts(parser, args.connections)
     if shutil.which("wrk") is None:
@@ -223,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             *_hand_written(manifest.org_id, container_id),
             replace(by_name[GRAPHQL], name="bench.http: nodes, 8 fields"),
         ]
+        graphql_targets = [target for target in graphql_targets if args.only in target.name]
+        if not graphql_targets:
+            parser.error(f"--only {args.only!r}: no target's name contains it")
         dialect = "PostgreSQL" if is_postgres(database_url) else "SQLite"
         print(
             f"{dialect}: {manifest.events:,} events, org {manifest.org_id!r} holds "

@@ -170,6 +170,16 @@ class EventPage:
     next_cursor: str | None
 
 
+@dataclass(frozen=True)
+class EventRows:
+    """A page of the driver's own rows: values in EVENT_COLUMNS order, as EVENT_DECODERS[dialect]
+    takes them (SQLite's times and details as text, asyncpg's decoded)."""
+
+    rows: Sequence[Any]
+    next_cursor: str | None
+    dialect: str
+
+
 def filter_column(event_filter: EventFilter) -> tuple[Column[str], str]:
     """The column and value a filter selects: FAIL is any FAILURE status, others an event type."""
     if event_filter is EventFilter.FAIL:
@@ -325,6 +335,27 @@ async def list_events(
 
     Ordered by id, which only grows: paging never skips or repeats while new events arrive.
     """
+    found = await list_event_rows(
+        reader,
+        org_id=org_id,
+        event_filter=event_filter,
+        container_id=container_id,
+        window=window,
+        page=page,
+    )
+    return EventPage(rows=EVENT_DECODERS[found.dialect](found.rows), next_cursor=found.next_cursor)
+
+
+async def list_event_rows(
+    reader: Reader,
+    *,
+    org_id: str,
+    event_filter: EventFilter | None = None,
+    container_id: str | None = None,
+    window: Window = Window(),
+    page: Page = Page(),
+) -> "EventRows":
+    """list_events' page as the driver returns it, for a caller that decodes rows itself."""
     column, value = (None, None) if event_filter is None else filter_column(event_filter)
     shape = PageShape(
         filter_column=None if column is None else column.key,
@@ -350,13 +381,11 @@ async def list_events(
     def statement() -> Select[Any] | CompoundSelect:
         return shape.statement(reader.dialect.name)
 
-    decode = EVENT_DECODERS[reader.dialect.name]
-    rows = decode(await reader.fetch_raw(shape, statement, values))
-    has_more = len(rows) > page.limit
-    rows = rows[: page.limit]
+    found = await reader.fetch_raw(shape, statement, values)
+    rows = found[: page.limit]
     # Only the last row's cursor is encoded here; GraphQL edges encode theirs when asked.
-    next_cursor = encode_event_cursor(rows[-1]["id"]) if has_more else None
-    return EventPage(rows=rows, next_cursor=next_cursor)
+    next_cursor = encode_event_cursor(rows[-1][0]) if len(found) > page.limit else None
+    return EventRows(rows=rows, next_cursor=next_cursor, dialect=reader.dialect.name)
 
 
 @cache

@@ -54,7 +54,7 @@ async def test_a_resolver_fault_is_masked_and_logged(client, db, acme_key, monke
         raise RuntimeError("connection to db-internal-7:5432 refused")
 
     monkeypatch.setattr(schema.types, "list_events", broken_list_events)
-    monkeypatch.setattr(schema.compiled, "list_events", broken_list_events)  # and its plans'
+    monkeypatch.setattr(schema.compiled, "list_event_rows", broken_list_events)  # and its plans'
 
     with caplog.at_level(logging.ERROR):
         answer = await post_graphql(

@@ -3,6 +3,7 @@
 with compiled plans off, errors included, and the view's own path whenever the text, its
 variables or the request are anything but plain."""
 
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -12,7 +13,7 @@ from gateway.app import create_app
 from gateway.config import Settings
 from schema import GatewaySchema
 from schema.execution import COMPILED_PLANS
-from tests.factories import auth
+from tests.factories import auth, make_events
 from tests.test_graphql_compiled import SHAPES, SHIPPED, seed, shipped
 
 
@@ -101,6 +102,31 @@ async def test_every_shape_sent_again_answers_as_the_view_does(planned, referenc
     assert _seen(await _post(planned, acme_key, body)) == _seen(
         await _post(reference, acme_key, body)
     )
+
+
+async def test_times_at_the_calendars_ends_and_to_the_microsecond_answer_as_the_view_does(
+    planned, reference, seeded, acme_key, taken
+):
+    # The planned path leaves UTC datetimes for orjson to write (schema.compiled.run):
+    # PostgreSQL reads the last moment back as 'infinity' without a zone, a time whose
+    # microseconds are zero is written without them.
+    moments = [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(2024, 2, 29, 23, 59, 59, 1, tzinfo=UTC),
+        datetime(2024, 3, 1, 0, 0, 0, 999_999, tzinfo=UTC),
+        datetime.max.replace(tzinfo=UTC),
+    ]
+    await make_events(seeded, "acme", [("edge", {"timestamp": at}) for at in moments])
+    body = _body(shipped("OrgEvents"), {"orgId": "acme", "first": 50}, "OrgEvents")
+    await _post(planned, acme_key, body)
+
+    again, expected = await _post(planned, acme_key, body), await _post(reference, acme_key, body)
+
+    assert _seen(again) == _seen(expected)
+    assert taken == [False, True]
+    times = {edge["node"]["timestamp"] for edge in again.json()["data"]["org"]["events"]["edges"]}
+    assert {"0001-01-01T00:00:00+00:00", "9999-12-31T23:59:59.999999+00:00"} <= times
+    assert "2024-02-29T23:59:59.000001+00:00" in times
 
 
 async def test_only_texts_a_plan_answered_take_the_planned_path(planned, acme_key, taken):
