@@ -58,14 +58,18 @@ async def prepare(url: str, orgs: int) -> dict[str, str]:
         await database.dispose()
 
 
-async def subscribe(url: str, org_id: str, key: str) -> ClientConnection:
+async def subscribe(
+    url: str, org_id: str, key: str, *, after: str = encode_event_cursor(0)
+) -> ClientConnection:
+    """A graphql-transport-ws socket acknowledged and subscribed (id "1") to the org's events
+    after the cursor `after`."""
     socket = await connect(url, subprotocols=["graphql-transport-ws"], compression=None)
     await socket.send(
         orjson.dumps({"type": "connection_init", "payload": {"X-API-Key": key}}).decode()
     )
     if orjson.loads(await socket.recv())["type"] != "connection_ack":
         raise RuntimeError(f"{org_id}: not acknowledged")
-    variables = {"orgId": org_id, "after": encode_event_cursor(0)}
+    variables = {"orgId": org_id, "after": after}
     payload = {"query": SUBSCRIPTION, "variables": variables}
     await socket.send(orjson.dumps({"id": "1", "type": "subscribe", "payload": payload}).decode())
     return socket
