@@ -1,7 +1,7 @@
 """The REST shim: the legacy specification's eight routes at their exact paths, and batch ingest."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 from urllib.parse import urlencode
@@ -189,6 +189,22 @@ async def _event_list(
 NDJSON = "application/x-ndjson"
 
 
+def _ndjson_lines(raw: bytes) -> Iterator[bytes]:
+    """The non-blank lines of an NDJSON body, as bytes.splitlines cuts them (at \n, \r and
+    \r\n), but cut as they are asked for: splitlines copies every line of a 29 MiB body in
+    one call of 30-65 ms, during which no other request is served."""
+    start, end = 0, len(raw)
+    while start < end:
+        stop = raw.find(b"\n", start)
+        stop = end if stop < 0 else stop
+        piece = raw[start:stop]
+        start = stop + 1
+        if b"\r" in piece:  # rare: a line ends with \r\n, or a lone \r ends one too
+            yield from (line for line in piece.splitlines() if line.strip())
+        elif piece.strip():
+            yield piece
+
+
 async def _batch_items(raw: bytes, content_type: str) -> list[Any]:
     """The items of a batch body: a JSON array, or one JSON object per line (NDJSON). A large
     body is read a slice at a time, so that other requests are served meanwhile."""
@@ -198,7 +214,7 @@ async def _batch_items(raw: bytes, content_type: str) -> list[Any]:
         except orjson.JSONDecodeError:
             raise invalid("body", "must be valid JSON") from None
     items, errors = [], []
-    for number, line in enumerate(line for line in raw.splitlines() if line.strip()):
+    for number, line in enumerate(_ndjson_lines(raw)):
         if number and not number % BATCH_SLICE:
             await asyncio.sleep(0)
         try:

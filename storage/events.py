@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage import windows
 from storage.cursors import InvalidCursor, decode_event_cursor, encode_event_cursor
 from storage.domain import EventFilter, EventStatus, NewEvent, Order
-from storage.driver import Reader, execute_many
+from storage.driver import Reader, chunks, execute_many
 from storage.models import UTCDateTime, containers, events, late_events, utcnow
 from storage.notifications import Committed, notify_committed
 from storage.sql import least_and_greatest
@@ -404,6 +404,7 @@ def _upsert_containers(dialect: str) -> Executable:
 
 _INSERT_EVENTS = events.insert()
 _WRITTEN_COLUMNS = EVENT_COLUMNS[1:]  # all but the id, which the database assigns
+_INSERT_RETURNING_IDS = events.insert().returning(events.c.id, sort_by_parameter_order=True)
 
 # PostgreSQL advisory locks that a transaction storing an org's events holds from before its
 # first write until its commit, one per org: the two-key form, this class (the bytes of "evnt"
@@ -436,11 +437,14 @@ async def _insert_events(
         )
         assert last is not None
         return list(range(last - len(rows) + 1, last + 1))
-    result = await session.execute(
-        events.insert().returning(events.c.id, sort_by_parameter_order=True),
-        [{column: value for column, value in row.items() if column != "id"} for row in rows],
-    )
-    return list(result.scalars())
+    ids: list[int] = []
+    for chunk in chunks(rows):  # a statement per chunk: the event loop turns between them
+        result = await session.execute(
+            _INSERT_RETURNING_IDS,
+            [{column: row[column] for column in _WRITTEN_COLUMNS} for row in chunk],
+        )
+        ids.extend(result.scalars())
+    return ids
 
 
 async def log_events(

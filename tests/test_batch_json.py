@@ -9,7 +9,10 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from gateway.rest import _ndjson_lines
 from storage.domain import SLICED_ABOVE_BYTES, load_json, load_json_array
 from tests.factories import auth, count_events
 from tests.rest_assertions import assert_problem
@@ -170,6 +173,16 @@ def test_a_large_array_gives_the_event_loop_turns_while_it_is_read():
     items = asyncio.run(main())
     assert items == load_json(body)
     assert turns >= 8  # a turn at least per MiB decoded and per MiB of items
+
+
+@given(
+    st.lists(
+        st.sampled_from([b"{}", b"a", b"\n", b"\r", b"\r\n", b" ", b"\t", b"\x0c"]), max_size=14
+    )
+)
+def test_ndjson_lines_are_cut_where_splitlines_cuts_them(pieces):
+    body = b"".join(pieces)
+    assert list(_ndjson_lines(body)) == [line for line in body.splitlines() if line.strip()]
 
 
 # Over HTTP: a large batch is refused as a small one is, and stores nothing.
