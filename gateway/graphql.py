@@ -35,6 +35,7 @@ from strawberry.http.parse_content_type import parse_content_type
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
+    Operation,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     ConnectionInitMessage,
@@ -56,6 +57,7 @@ from gateway.persisted import PersistedOperationError, PersistedOperations
 from gateway.responses import JSONResponse, dumps
 from schema import GatewaySchema
 from schema.context import Context
+from schema.execution import LIVE_SINK
 from schema.subscription import LiveContext
 from storage.broker import Broker
 from storage.database import Database
@@ -133,14 +135,17 @@ class SharedResults:
             or payload.keys() != {"data"}
         ):
             return dumps(message).decode()
-        data = payload["data"]
+        return self.next_text(message["id"], payload["data"])
+
+    def next_text(self, operation_id: object, data: object) -> str:
+        """The text of `{"id": operation_id, "type": "next", "payload": {"data": data}}`."""
         found = self._encoded.get(id(data))
         if found is None or found[0] is not data:
             found = (data, dumps(data))
             self._encoded[id(data)] = found
             while len(self._encoded) > self.kept:
                 self._encoded.popitem(last=False)
-        head = b'{"id":' + dumps(message["id"]) + b',"type":"next","payload":{"data":'
+        head = b'{"id":' + dumps(operation_id) + b',"type":"next","payload":{"data":'
         return (head + found[1] + b"}}").decode()
 
 
@@ -153,9 +158,32 @@ class _SocketAdapter(ASGIWebSocketAdapter):
         except _GONE as error:
             raise WebSocketDisconnected from error
 
+    async def send_next(self, operation_id: str, data: dict[str, Any]) -> bool:
+        """An event's `next` message, as send_json sends it; False once the client is gone."""
+        text = cast("GraphQLApp", self.view).shared_results.next_text(operation_id, data)
+        try:
+            await self.ws.send_text(text)
+        except _GONE:
+            return False
+        return True
+
     async def close(self, code: int, reason: str) -> None:
         # on_ws_connect closes with its own code (4401) before Strawberry's rejection (4403).
         await close_socket(self.ws, code, reason)
+
+
+@dataclass(frozen=True)
+class _PlannedNext:
+    """An operation's LIVE_SINK: what a compiled plan builds of an event, sent as its `next`
+    message (Operation.send_next's message for a result without errors or extensions)."""
+
+    socket: _SocketAdapter
+    operation: Operation[Context, None]
+
+    async def send_data(self, data: dict[str, Any]) -> bool:
+        if self.operation.completed:  # as Operation.send_operation_message: nothing more
+            return True
+        return await self.socket.send_next(self.operation.id, data)
 
 
 class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
@@ -210,6 +238,11 @@ class _TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         await super().shutdown()
         if self._closing is not None:
             await asyncio.wait({self._closing})
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        # The operation's own task: the sink is set in its context only.
+        LIVE_SINK.set(_PlannedNext(cast(_SocketAdapter, self.websocket), operation))
+        await super().run_operation(operation)
 
     async def handle_task_exception(self, error: Exception) -> None:
         if isinstance(error, WebSocketDisconnected):

@@ -2,9 +2,11 @@
 and large variables coerced beside the event loop."""
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from contextlib import aclosing
+from contextvars import ContextVar
 from datetime import datetime
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, Protocol, cast
 from weakref import WeakKeyDictionary
 
 from graphql import (
@@ -58,6 +60,22 @@ class SelectionPlan(NamedTuple):
 # The compiled plans of each schema built with them (schema.compiled); absent: graphql-core runs
 # every operation.
 COMPILED_PLANS: WeakKeyDictionary[GraphQLSchema, compiled.Plans] = WeakKeyDictionary()
+
+
+class LiveSink(Protocol):
+    """Where a subscription's events go when its compiled plan builds them (LIVE_SINK)."""
+
+    async def send_data(self, data: dict[str, Any]) -> bool:
+        """Send one event's data as the operation's `next` message, exactly as the result
+        `{"data": data}` would be sent; False if the client can no longer be sent to."""
+        ...
+
+
+# Set by the transport for the task that runs one subscription operation: events a compiled
+# plan builds are handed to it straight from the source stream, skipping graphql-core's
+# per-event executor and Strawberry's per-result hooks, which add nothing to a result
+# without errors. Unset, every event goes the ordinary way.
+LIVE_SINK: ContextVar[LiveSink | None] = ContextVar("live_sink", default=None)
 
 # A variable holding a list longer than this is coerced in a worker thread. graphql-core's
 # coercion is pure Python: for a 10,000-event logContainerEvents it held the event loop for
@@ -227,6 +245,27 @@ class GatewayExecutor(StrawberryGraphQLCoreExecutionContext):
         # and reuses for every item of a list; the set is kept so its id stays unique.
         self._plans: dict[int, tuple[GroupedFieldSet, SelectionPlan]] = {}
 
+    _per_event = False  # a subscription event's executor (build_per_event_executor)
+
+    def cancellable_iterable(self, iterable: AsyncIterable[Any]) -> AsyncIterable[Any]:
+        # graphql-core calls this with a subscription's source stream (and with @stream's
+        # lists, which only per-event and query executors complete).
+        events = super().cancellable_iterable(iterable)
+        sink = LIVE_SINK.get()
+        if (
+            sink is None
+            or self._per_event
+            or self.operation.operation is not OperationType.SUBSCRIPTION
+        ):
+            return events
+        plans = COMPILED_PLANS.get(self.schema)
+        if plans is None or (self.middleware_manager and self.middleware_manager.middlewares):
+            return events
+        plan = plans.get(self.schema, self.fragments, self.operation, self.variable_values)
+        if not isinstance(plan, compiled.EventPlan):
+            return events
+        return _sent_by_plan(events, plans, plan, self.context_value, sink)
+
     def build_per_event_executor(self, payload: Any) -> Executor:
         # A subscription collects each event's fields afresh, so caches keyed by the identity
         # of collected fields never hit across events. Shared with the subscription's executor
@@ -235,6 +274,7 @@ class GatewayExecutor(StrawberryGraphQLCoreExecutionContext):
         executor = cast(GatewayExecutor, super().build_per_event_executor(payload))
         executor._plans = {}
         executor._relevant_sub_fields = {}
+        executor._per_event = True
         return executor
 
     def execute_fields(
@@ -410,3 +450,29 @@ def _in_order(
 ) -> dict[str, Any]:
     merged = {**leaves, **others}
     return {name: merged[name] for name in plan.response_names if name in merged}
+
+
+async def _sent_by_plan(
+    events: AsyncIterable[Any],
+    plans: compiled.Plans,
+    plan: compiled.EventPlan,
+    context: Any,
+    sink: LiveSink,
+) -> AsyncGenerator[Any, None]:
+    """A subscription's source stream, less the events the plan builds and `sink` sends:
+    what is left (an event the plan declines, to be reported as graphql-core reports it) goes
+    on to graphql-core's per-event execution, in its place in the stream. Once the client
+    cannot be sent to, the stream ends; Strawberry's next message to it fails as it would."""
+    async with aclosing(cast(AsyncGenerator[Any, None], events)):
+        async for event in events:
+            row = getattr(event, "row", None)
+            if row is not None:
+                try:
+                    data = await plans.event_data(plan, context, row)
+                except Exception:  # Declined, or a fault graphql-core reports with its path
+                    pass
+                else:
+                    if not await sink.send_data(data):
+                        return
+                    continue
+            yield event

@@ -1,7 +1,8 @@
 """Compiled plans (schema.compiled) answer exactly as graphql-core does: the same JSON, byte
 for byte, errors included, for the shipped queries, hand-written shapes and generated ones."""
 
-from contextlib import aclosing
+import asyncio
+from contextlib import aclosing, suppress
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from hypothesis_graphql import strategies as gql_st
 import schema.compiled as compiled_module
 from schema import build_schema
 from schema.context import Context
-from schema.execution import GatewayExecutor
+from schema.execution import LIVE_SINK, GatewayExecutor
 from schema.subscription import LiveContext
 from storage.broker import Broker
 from storage.cursors import encode_event_cursor
@@ -391,3 +392,129 @@ EXPECTED = {
     "failed of c1": sum(1 for number in range(30) if number % 4 == 1 and number % 3 == 0),
     "shape": 30,
 }
+
+
+# Live delivery: events a plan builds go straight to the transport's sink (LIVE_SINK).
+
+
+class Sink:
+    """A transport's sink: what it was sent, in order with what the stream yielded."""
+
+    def __init__(self, wanted: int, refuse_after: int | None = None) -> None:
+        self.received: list[tuple[str, bytes]] = []
+        self.wanted, self.refuse_after = wanted, refuse_after
+        self.calls = 0
+        self.done = asyncio.Event()
+
+    def note(self, how: str, body: bytes) -> None:
+        self.received.append((how, body))
+        if len(self.received) == self.wanted:
+            self.done.set()
+
+    async def send_data(self, data: dict[str, Any]) -> bool:
+        self.calls += 1
+        if self.refuse_after is not None and self.calls > self.refuse_after:
+            self.done.set()
+            return False
+        self.note("sink", orjson.dumps({"data": data}))
+        return True
+
+
+async def streamed(query: str, variables: dict[str, Any], db: Any, sink: Sink) -> list[Any]:
+    """Runs COMPILED's stream with `sink` set as the transport sets it, until the sink is
+    done: what the stream yields is noted in the sink too. [whether the stream ended itself]"""
+    context = LiveContext(db=db, org_id="acme", broker=Broker(poll_seconds=60))
+    token = LIVE_SINK.set(sink)
+    try:
+        results = await COMPILED.subscribe(query, variable_values=variables, context_value=context)
+
+        async def drain() -> None:
+            async with aclosing(results):
+                async for result in results:
+                    sink.note("stream", answer(result))
+
+        task = asyncio.create_task(drain())
+    finally:
+        LIVE_SINK.reset(token)
+    await asyncio.wait_for(sink.done.wait(), 10)
+    await asyncio.sleep(0.05)  # anything more would arrive now
+    ended = task.done()
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+    return [ended]
+
+
+async def reference_stream(query: str, variables: dict[str, Any], db: Any, count: int) -> list:
+    context = LiveContext(db=db, org_id="acme", broker=Broker(poll_seconds=60))
+    results = await REFERENCE.subscribe(query, variable_values=variables, context_value=context)
+    received = []
+    async with aclosing(results):
+        async for result in results:
+            received.append(answer(result))
+            if len(received) == count:
+                break
+    return received
+
+
+@pytest.mark.parametrize("name", SUBSCRIPTIONS)
+async def test_planned_events_go_to_the_sink_as_graphql_core_would_answer_them(seeded_db, name):
+    query, extra = SUBSCRIPTIONS[name]
+    variables = {"orgId": "acme", "after": encode_event_cursor(0), **extra}
+    sink = Sink(EXPECTED[name])
+
+    await streamed(query, variables, seeded_db, sink)
+
+    reference = await reference_stream(query, variables, seeded_db, EXPECTED[name])
+    assert sink.received == [("sink", body) for body in reference]
+
+
+async def test_an_event_the_plan_declines_is_executed_by_graphql_core_in_its_place(
+    seeded_db, monkeypatch
+):
+    query, extra = SUBSCRIPTIONS["shape"]
+    variables = {"orgId": "acme", "after": encode_event_cursor(0), **extra}
+    original = compiled_module.event_data
+
+    async def declining(plan: Any, context: Any, row: Any) -> Any:
+        if row["id"] % 7 == 0:
+            raise compiled_module.Declined
+        return await original(plan, context, row)
+
+    monkeypatch.setattr(compiled_module, "event_data", declining)
+    sink = Sink(EXPECTED["shape"])
+
+    await streamed(query, variables, seeded_db, sink)
+
+    reference = await reference_stream(query, variables, seeded_db, EXPECTED["shape"])
+    ids = [orjson.loads(body)["data"]["live"]["id"] for body in reference]
+    assert sink.received == [
+        ("stream" if int(event_id) % 7 == 0 else "sink", body)
+        for event_id, body in zip(ids, reference, strict=True)
+    ]
+
+
+async def test_the_stream_ends_once_the_sink_cannot_send(seeded_db):
+    query, extra = SUBSCRIPTIONS["shipped"]
+    variables = {"orgId": "acme", "after": encode_event_cursor(0), **extra}
+    sink = Sink(wanted=30, refuse_after=3)
+
+    [ended] = await streamed(query, variables, seeded_db, sink)
+
+    assert ended
+    assert sink.calls == 4 and [how for how, _ in sink.received] == ["sink"] * 3
+
+
+async def test_without_a_sink_every_event_is_yielded_as_before(seeded_db):
+    query, extra = SUBSCRIPTIONS["shipped"]
+    variables = {"orgId": "acme", "after": encode_event_cursor(0), **extra}
+    context = LiveContext(db=seeded_db, org_id="acme", broker=Broker(poll_seconds=60))
+    results = await COMPILED.subscribe(query, variable_values=variables, context_value=context)
+    received = []
+    async with aclosing(results):
+        async for result in results:
+            received.append(answer(result))
+            if len(received) == 30:
+                break
+
+    assert received == await reference_stream(query, variables, seeded_db, 30)

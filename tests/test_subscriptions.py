@@ -51,7 +51,8 @@ from storage.broker import Broker
 url, port, max_lag, poll_seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(
     sys.argv[4]
 )
-settings = Settings(database_url=url, key_cache_seconds=0)
+compiled = sys.argv[5] == "compiled"
+settings = Settings(database_url=url, key_cache_seconds=0, graphql_compiled=compiled)
 app = create_app(settings, broker=Broker(max_lag=max_lag, poll_seconds=poll_seconds))
 uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 """
@@ -69,9 +70,12 @@ class Server:
 
 
 @contextmanager
-def _serving(url: str, max_lag: int, poll_seconds: float = 5.0) -> Iterator[str]:
+def _serving(
+    url: str, max_lag: int, poll_seconds: float = 5.0, compiled: bool = True
+) -> Iterator[str]:
     port = free_port()
-    command = [sys.executable, "-c", SERVER, url, str(port), str(max_lag), str(poll_seconds)]
+    plans = "compiled" if compiled else "graphql-core"
+    command = [sys.executable, "-c", SERVER, url, str(port), str(max_lag), str(poll_seconds), plans]
     with server_process(command, port, start_timeout=START_TIMEOUT) as base:
         yield base
 
@@ -508,6 +512,89 @@ async def test_filter_and_container_id_select_as_queries_do(server: Server):
         "c1-access": [live[0]],
         "blocks": [written[2]],
     }
+
+
+# Every event a compiled plan builds is sent straight from the source stream (LIVE_SINK):
+# the frames must be those graphql-core's execution and Strawberry's per-result hooks send.
+FRAME_OPERATIONS = {
+    "shipped": (SUBSCRIPTION, {}),
+    "failed in c1": (SUBSCRIPTION, {"filter": "FAIL", "containerId": "c1"}),
+    "shape": (
+        "subscription S($orgId: ID!, $after: String, $show: Boolean!) {"
+        " live: containerEvents(orgId: $orgId, after: $after) { __typename ...F"
+        " ts: timestamp details container @include(if: $show) { __typename id lastEventAt } }"
+        " } fragment F on Event { id cursor keyId status eventType }",
+        {"show": True},
+    ),
+    "left to graphql-core": (  # Container.events has no plan: every event takes its path
+        "subscription S($orgId: ID!, $after: String) { containerEvents(orgId: $orgId,"
+        " after: $after) { id actor container { events(first: 1) { nodes { id } } } } }",
+        {},
+    ),
+}
+
+
+async def _frames(
+    server: Server, after: str, count: int, subscribed: asyncio.Event
+) -> dict[str, list[str]]:
+    """The raw `next` frames of each FRAME_OPERATIONS operation, `count` events each at most."""
+    expected = {
+        "shipped": count,
+        "failed in c1": count // 4,
+        "shape": count,
+        "left to graphql-core": count,
+    }
+    frames: dict[str, list[str]] = {name: [] for name in FRAME_OPERATIONS}
+    async with acknowledged(server, server.acme_key) as socket:
+        for name, (query, extra) in FRAME_OPERATIONS.items():
+            variables = {"orgId": "acme", "after": after, **extra}
+            payload = {"query": query, "variables": variables}
+            await socket.send(json.dumps({"id": name, "type": "subscribe", "payload": payload}))
+        subscribed.set()
+        while any(len(frames[name]) < wanted for name, wanted in expected.items()):
+            frame = await asyncio.wait_for(socket.recv(), RECEIVE_TIMEOUT)
+            assert isinstance(frame, str)
+            message = json.loads(frame)
+            if message["type"] == "ping":
+                await socket.send(json.dumps({"type": "pong"}))
+                continue
+            assert message["type"] == "next", message
+            frames[message["id"]].append(frame)
+    return frames
+
+
+def _varied(numbers: range) -> list[dict[str, Any]]:
+    return [
+        access(
+            f"c{number % 4}",
+            status="FAILURE" if number % 2 else "SUCCESS",
+            details={"n": number, "note": 'ünï "q"', "at": [1.5, None]},
+            **({"actor": f"user{number}@example.com"} if number % 3 else {}),
+        )
+        for number in numbers
+    ]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_frames_sent_from_plans_are_those_graphql_core_sends(backend, tmp_path):
+    url = _database_url(backend, tmp_path)
+    acme_key, other_key = await _start(url)
+    with _serving(url, 10_000) as compiled, _serving(url, 10_000, compiled=False) as reference:
+        servers = [Server(base, acme_key, other_key) for base in (compiled, reference)]
+        async with httpx.AsyncClient(base_url=compiled) as http:
+            start = (await post_events(http, acme_key, [access()]))[0]
+            await post_events(http, acme_key, _varied(range(8)))  # to be replayed
+            subscribed = [asyncio.Event() for _ in servers]
+            receiving = [
+                asyncio.create_task(_frames(server, event_cursor(start), 16, ready))
+                for server, ready in zip(servers, subscribed, strict=True)
+            ]
+            await asyncio.wait_for(asyncio.gather(*(ready.wait() for ready in subscribed)), 10)
+            await asyncio.sleep(0.3)
+            await post_events(http, acme_key, _varied(range(8, 16)))  # live, from the tail
+            received = await asyncio.gather(*receiving)
+    assert received[0] == received[1]
+    assert [len(frames) for frames in received[0].values()] == [16, 4, 16, 16]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
