@@ -36,6 +36,8 @@ from schema import build_schema
 from storage.broker import Broker, fan_out
 from storage.database import Database
 
+GC_YOUNG_THRESHOLD = 10_000  # allocations between the collector's young passes (see lifespan)
+
 
 def create_app(
     settings: Settings | None = None,
@@ -90,6 +92,11 @@ def create_app(
         # What exists at start-up lives for the whole process: keeping it out of the garbage
         # collector's full passes makes each pass cost what the requests allocated, not more.
         gc.freeze()
+        # A GraphQL page builds ~1,000 containers (edges, nodes, details) that live until the
+        # answer is written: at the default 700, young passes ran during every page and
+        # walked them all. At 10,000, most die by reference count before a pass runs
+        # (bench.graphql, SQLite, paired runs: GraphQL CPU per request 4-7% lower).
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         async with fan_out(db, broker), key_watch.running():
             yield
         await db.dispose()
