@@ -370,17 +370,10 @@ async def test_subscription_events_answer_as_graphql_core_does(seeded_db, monkey
         return await original(*args)
 
     monkeypatch.setattr(compiled_module, "event_data", counting)
-    streams = []
-    for schema in (COMPILED, REFERENCE, COMPILED):  # the second compiled run shares the first's
-        context = LiveContext(db=seeded_db, org_id="acme", broker=Broker(poll_seconds=60))
-        results = await schema.subscribe(query, variable_values=variables, context_value=context)
-        received = []
-        async with aclosing(results):
-            async for result in results:
-                received.append(answer(result))
-                if len(received) == EXPECTED[name]:
-                    break
-        streams.append(received)
+    streams = [  # the second compiled run shares the first's
+        await collected(schema, query, variables, seeded_db, EXPECTED[name])
+        for schema in (COMPILED, REFERENCE, COMPILED)
+    ]
     assert streams[0] == streams[1]
     assert streams[2] == streams[1]
     assert len(built) == EXPECTED[name]  # built once, for the first compiled stream only
@@ -420,9 +413,9 @@ class Sink:
         return True
 
 
-async def streamed(query: str, variables: dict[str, Any], db: Any, sink: Sink) -> list[Any]:
+async def streamed(query: str, variables: dict[str, Any], db: Any, sink: Sink) -> bool:
     """Runs COMPILED's stream with `sink` set as the transport sets it, until the sink is
-    done: what the stream yields is noted in the sink too. [whether the stream ended itself]"""
+    done: what the stream yields is noted in the sink too. Whether the stream ended itself."""
     context = LiveContext(db=db, org_id="acme", broker=Broker(poll_seconds=60))
     token = LIVE_SINK.set(sink)
     try:
@@ -442,12 +435,13 @@ async def streamed(query: str, variables: dict[str, Any], db: Any, sink: Sink) -
     task.cancel()
     with suppress(asyncio.CancelledError):
         await task
-    return [ended]
+    return ended
 
 
-async def reference_stream(query: str, variables: dict[str, Any], db: Any, count: int) -> list:
+async def collected(schema: Any, query: str, variables: dict[str, Any], db: Any, count: int):
+    """The first `count` results of the subscription, as the gateway writes them."""
     context = LiveContext(db=db, org_id="acme", broker=Broker(poll_seconds=60))
-    results = await REFERENCE.subscribe(query, variable_values=variables, context_value=context)
+    results = await schema.subscribe(query, variable_values=variables, context_value=context)
     received = []
     async with aclosing(results):
         async for result in results:
@@ -465,7 +459,7 @@ async def test_planned_events_go_to_the_sink_as_graphql_core_would_answer_them(s
 
     await streamed(query, variables, seeded_db, sink)
 
-    reference = await reference_stream(query, variables, seeded_db, EXPECTED[name])
+    reference = await collected(REFERENCE, query, variables, seeded_db, EXPECTED[name])
     assert sink.received == [("sink", body) for body in reference]
 
 
@@ -486,7 +480,7 @@ async def test_an_event_the_plan_declines_is_executed_by_graphql_core_in_its_pla
 
     await streamed(query, variables, seeded_db, sink)
 
-    reference = await reference_stream(query, variables, seeded_db, EXPECTED["shape"])
+    reference = await collected(REFERENCE, query, variables, seeded_db, EXPECTED["shape"])
     ids = [orjson.loads(body)["data"]["live"]["id"] for body in reference]
     assert sink.received == [
         ("stream" if int(event_id) % 7 == 0 else "sink", body)
@@ -499,7 +493,7 @@ async def test_the_stream_ends_once_the_sink_cannot_send(seeded_db):
     variables = {"orgId": "acme", "after": encode_event_cursor(0), **extra}
     sink = Sink(wanted=30, refuse_after=3)
 
-    [ended] = await streamed(query, variables, seeded_db, sink)
+    ended = await streamed(query, variables, seeded_db, sink)
 
     assert ended
     assert sink.calls == 4 and [how for how, _ in sink.received] == ["sink"] * 3
@@ -508,13 +502,7 @@ async def test_the_stream_ends_once_the_sink_cannot_send(seeded_db):
 async def test_without_a_sink_every_event_is_yielded_as_before(seeded_db):
     query, extra = SUBSCRIPTIONS["shipped"]
     variables = {"orgId": "acme", "after": encode_event_cursor(0), **extra}
-    context = LiveContext(db=seeded_db, org_id="acme", broker=Broker(poll_seconds=60))
-    results = await COMPILED.subscribe(query, variable_values=variables, context_value=context)
-    received = []
-    async with aclosing(results):
-        async for result in results:
-            received.append(answer(result))
-            if len(received) == 30:
-                break
 
-    assert received == await reference_stream(query, variables, seeded_db, 30)
+    received = await collected(COMPILED, query, variables, seeded_db, 30)
+
+    assert received == await collected(REFERENCE, query, variables, seeded_db, 30)
