@@ -213,3 +213,36 @@ async def test_with_compiled_plans_off_nothing_is_remembered(reference, acme_key
         assert "errors" not in (await _post(reference, acme_key, body)).json()
 
     assert taken == []
+
+
+async def test_kept_coercions_tell_values_of_other_types_apart(planned, reference, acme_key, taken):
+    # Coerced variables are kept by their raw values (Plans.coerced), and in Python
+    # 1 == 1.0 == True: each must still be coerced, and answered, as the view does.
+    query = shipped("OrgEvents")
+    answers = []
+    for first in (1, 1, True, 1.0, 1.5, "1", 2, 1):
+        body = _body(query, {"orgId": "acme", "first": first}, "OrgEvents")
+        answered = await _post(planned, acme_key, body)
+        assert _seen(answered) == _seen(await _post(reference, acme_key, body)), first
+        answers.append("errors" in answered.json())
+
+    assert answers == [False, False, True, False, True, True, False, False]
+    # Learnt through the view, then planned; refused values go the view's way each time.
+    assert taken == [False, True, False, True, False, False, True, True]
+
+
+async def test_a_long_or_structured_variable_is_coerced_afresh_each_time(
+    planned, reference, acme_key, taken
+):
+    query = shipped("OrgEvents")
+    for variables in (
+        {"orgId": "acme", "first": 2},
+        {"orgId": "acme", "first": 2, "after": "x" * 300},
+        {"orgId": "acme", "first": [2]},
+        {"orgId": "acme", "first": 2},
+    ):
+        body = _body(query, variables, "OrgEvents")
+        answered = await _post(planned, acme_key, body)
+        assert _seen(answered) == _seen(await _post(reference, acme_key, body)), variables
+
+    assert taken == [False, False, False, True]
