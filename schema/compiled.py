@@ -476,13 +476,14 @@ def _namespace(schema: GraphQLSchema) -> dict[str, Any]:
     serialize = get_nullable_type(event.fields["timestamp"].type).serialize
     datetimes = _datetimes(serialize)
     native = _native_datetimes if serialize is serialize_datetime else datetimes
+    as_text = serialize is serialize_datetime
     namespace = {
         "__builtins__": {"str": str, "enumerate": enumerate},
         "TYPES": {value: event_type.serialize(member) for value, member in EVENT_TYPES.items()},
         "STATUSES": {value: status.serialize(member) for value, member in EVENT_STATUSES.items()},
         "SOURCES": {
-            ("sqlite", False): (_sqlite_times(datetimes), _sqlite_details),
-            ("sqlite", True): (_sqlite_times(native), _sqlite_details),
+            ("sqlite", False): (_sqlite_times(datetimes, as_text=as_text), _sqlite_details),
+            ("sqlite", True): (_sqlite_times(native, as_text=as_text), _sqlite_details),
             ("decoded", False): (datetimes, _decoded_details),
             ("decoded", True): (native, _decoded_details),
         },
@@ -532,10 +533,38 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-def _sqlite_times(datetimes: Column) -> Column:
-    """SQLite's naive UTC text, as storage's UTCDateTime reads it, then `datetimes`."""
+def _sqlite_times(datetimes: Column, *, as_text: bool) -> Column:
+    """SQLite's naive UTC text, as storage's UTCDateTime reads it, then `datetimes`; or, with
+    `as_text` (the DateTime scalar is serialize_datetime), straight to what it writes."""
     parse = datetime.fromisoformat
-    return lambda values: datetimes([parse(value + "+00:00") for value in values])
+
+    def column(values: list[Any]) -> list[Any]:
+        if as_text:
+            texts = _sqlite_times_as_text(values)
+            if texts is not None:
+                return texts
+        return datetimes([parse(value + "+00:00") for value in values])
+
+    return column
+
+
+_SQLITE_TIME_CHARS = len("2023-11-18 12:00:00.000000")  # storage.models._sqlite_utc_text
+
+
+def _sqlite_times_as_text(values: list[Any]) -> list[str] | None:
+    """serialize_datetime of each UTC time that storage wrote as SQLite text, by rewriting the
+    text: `2023-11-18 12:00:00.250000` is `2023-11-18T12:00:00.250000+00:00`, and a time
+    without microseconds loses its `.000000`, as isoformat writes it. One pass over the
+    column's joined text: a third of parsing each into a datetime for orjson to write (about
+    15 us a 100-event column). None for anything else (a NULL, text of another shape)."""
+    for value in values:
+        if type(value) is not str or len(value) != _SQLITE_TIME_CHARS or value[10] != " ":
+            return None
+    joined = ("+00:00\n".join(values) + "+00:00").replace(" ", "T")
+    if ".000000+" in joined:  # only ever the microseconds, before the offset
+        joined = joined.replace(".000000+", "+")
+    texts = joined.split("\n")
+    return texts if len(texts) == len(values) else None
 
 
 def _sqlite_details(values: list[Any]) -> list[Any]:

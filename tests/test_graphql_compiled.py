@@ -18,10 +18,12 @@ import schema.compiled as compiled_module
 from schema import build_schema
 from schema.context import Context
 from schema.execution import LIVE_SINK, GatewayExecutor
+from schema.scalars import serialize_datetime
 from schema.subscription import LiveContext
 from storage.broker import Broker
 from storage.cursors import encode_event_cursor
 from storage.keys import Scope
+from storage.models import _sqlite_utc_text
 from tests.factories import make_events
 
 QUERIES = Path(__file__).resolve().parent.parent / "queries"
@@ -506,3 +508,21 @@ async def test_without_a_sink_every_event_is_yielded_as_before(seeded_db):
     received = await collected(COMPILED, query, variables, seeded_db, 30)
 
     assert received == await collected(REFERENCE, query, variables, seeded_db, 30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.datetimes(timezones=st.just(UTC)), max_size=30))
+def test_sqlite_times_rewritten_as_text_are_what_the_datetime_scalar_writes(moments):
+    # The fast path (schema.compiled._sqlite_times_as_text) against the ordinary one: parse
+    # the text storage wrote into a datetime, then serialize it.
+    stored = [_sqlite_utc_text(moment) for moment in moments]
+    ordinary = compiled_module._sqlite_times(lambda values: values, as_text=False)
+    rewritten = compiled_module._sqlite_times(lambda values: values, as_text=True)
+
+    assert rewritten(stored) == [serialize_datetime(moment) for moment in moments]
+    assert orjson.dumps(rewritten(stored)) == orjson.dumps(ordinary(stored))
+
+
+def test_sqlite_times_of_another_shape_are_parsed_as_before():
+    for column in (["2024-01-01 00:00:00"], ["2024-01-01T00:00:00.000000"], [None]):
+        assert compiled_module._sqlite_times_as_text(column) is None
